@@ -1,0 +1,63 @@
+"""Typed options of a segmentation run (what the CLI flags and the Slicer parameter node set)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+
+class FusionMethod(str, enum.Enum):
+    """Label fusion methods (see :mod:`crossmodalmas.fusion`)."""
+
+    MAJORITY_VOTE = "mv"
+    NON_LOCAL_WEIGHTED_VOTE = "nlwv"
+    PATCH_LABEL_FUSION = "plf"
+    LABEL_OVERLAP = "loa"
+
+
+class DeviceChoice(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass
+class SegmentOptions:
+    """Options of :func:`crossmodalmas.pipeline.segment`.
+
+    Attributes:
+        fusion: label fusion method.
+        select: keep the best ``select`` atlases after affine alignment (None: keep all).
+        roi_ras: working region as two RAS corners ``(r0, a0, s0, r1, a1, s1)`` in mm; None
+            finds it automatically (union box of the affinely aligned atlas labels + margin).
+        device: where the tensors live.
+        working_spacing_mm: isotropic spacing of the working grid; None picks the coarsest of
+            the target's spacing and what keeps the region within ``max_working_voxels``.
+        max_working_voxels: cap on the working grid's size (speed and memory bound).
+        margin_mm: margin around the automatic region.
+        refine_iterations: instance-optimisation iterations per resolution level.
+        regularisation: weight of the diffusion regulariser of the instance optimisation.
+        seed: random seed (the pipeline is deterministic given it).
+    """
+
+    fusion: FusionMethod = FusionMethod.NON_LOCAL_WEIGHTED_VOTE
+    select: Optional[int] = None
+    roi_ras: Optional[tuple[float, float, float, float, float, float]] = None
+    device: DeviceChoice = DeviceChoice.AUTO
+    working_spacing_mm: Optional[float] = None
+    max_working_voxels: int = 96 ** 3
+    margin_mm: float = 10.0
+    refine_iterations: int = 80
+    regularisation: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        self.fusion = FusionMethod(self.fusion)
+        self.device = DeviceChoice(self.device)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["fusion"] = self.fusion.value
+        out["device"] = self.device.value
+        return out
