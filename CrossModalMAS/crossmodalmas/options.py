@@ -46,10 +46,10 @@ class SegmentOptions:
     roi_ras: Optional[tuple[float, float, float, float, float, float]] = None
     device: DeviceChoice = DeviceChoice.AUTO
     working_spacing_mm: Optional[float] = None
-    max_working_voxels: int = 96 ** 3
+    max_working_voxels: int = 128 ** 3
     margin_mm: float = 10.0
-    refine_iterations: int = 80
-    regularisation: float = 1.0
+    refine_iterations: int = 60
+    regularisation: float = 0.01
     seed: int = 0
 
     def __post_init__(self):

@@ -42,9 +42,10 @@ def identity_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0).unsqueeze(0)
 
 
-def _to_sampling_grid(coords: torch.Tensor) -> torch.Tensor:
-    """Voxel coordinates ``(N, 3, D, H, W)`` (k, j, i) -> grid_sample's ``(N, D, H, W, 3)`` (x, y, z) in [-1, 1]."""
-    sizes = torch.tensor(coords.shape[2:], device=coords.device, dtype=coords.dtype)
+def _to_sampling_grid(coords: torch.Tensor, source_shape) -> torch.Tensor:
+    """Voxel coordinates ``(N, 3, d, h, w)`` (k, j, i) of a source grid of ``source_shape`` (D, H, W)
+    -> grid_sample's ``(N, d, h, w, 3)`` in (x, y, z) = (i, j, k) order, normalised to [-1, 1]."""
+    sizes = torch.tensor(tuple(source_shape), device=coords.device, dtype=coords.dtype)
     scale = 2.0 / (sizes - 1).clamp(min=1)
     normalised = coords * scale.view(1, 3, 1, 1, 1) - 1.0
     return normalised.flip(1).permute(0, 2, 3, 4, 1)
@@ -70,8 +71,22 @@ def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear",
     _check_volume("warp()", "image", image, flow)
     if image.shape[0] == 1 and flow.shape[0] > 1:
         image = image.expand(flow.shape[0], *image.shape[1:])
-    grid = _to_sampling_grid(identity_grid(flow.shape[2:], flow.device, flow.dtype) + flow)
-    return F.grid_sample(image.to(flow.dtype), grid, mode=mode, padding_mode=padding_mode,
+    coords = identity_grid(flow.shape[2:], flow.device, flow.dtype) + flow
+    return sample_at(image, coords, mode=mode, padding_mode=padding_mode)
+
+
+def sample_at(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear",
+              padding_mode: str = "border") -> torch.Tensor:
+    """Sample ``image`` ``(N, C, D, H, W)`` at voxel coordinates ``coords`` ``(N, 3, d, h, w)``.
+
+    ``coords`` are in voxels of ``image``'s grid, channels (k, j, i); the output is
+    ``(N, C, d, h, w)``. Used by :func:`warp` and to move values between grids.
+    """
+    if coords.dim() != 5 or coords.shape[1] != 3:
+        raise ValueError(f"sample_at(): 'coords' must be (N, 3, d, h, w), got {tuple(coords.shape)}")
+    grid = _to_sampling_grid(coords.to(image.dtype if image.is_floating_point() else coords.dtype),
+                             image.shape[2:])
+    return F.grid_sample(image.to(grid.dtype), grid, mode=mode, padding_mode=padding_mode,
                          align_corners=ALIGN_CORNERS)
 
 

@@ -1,0 +1,123 @@
+"""The command line (a stable contract: the Slicer module, scripts and benchmarks call it).
+
+Exit codes: 0 done; 2 bad input or usage (one line naming the input); 3 cancelled
+(SIGINT/SIGTERM, partial outputs removed); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from crossmodalmas import __version__
+from crossmodalmas.errors import CancelledError, InputError
+from crossmodalmas.options import DeviceChoice, FusionMethod, SegmentOptions
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
+ENGINES = ("instance-opt",)  # registration engines available until bundled networks land
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_segment_parser(commands) -> None:
+    p = commands.add_parser("segment", help="segment a target image with labelled atlases")
+    p.add_argument("--target", required=True, type=Path, help="image to segment (file or DICOM folder)")
+    p.add_argument("--atlas", nargs=2, action="append", default=[], metavar=("IMG", "LABELS"), type=Path,
+                   help="an atlas image and its label map (repeatable)")
+    p.add_argument("--atlases", type=Path, metavar="CSV", help="CSV with 'image' and 'labels' columns")
+    p.add_argument("--atlas-dir", type=Path, metavar="DIR", help="folder of X.nii.gz + X_seg.nii.gz pairs")
+    p.add_argument("--output", required=True, type=Path, help="segmentation file, on the target's grid")
+    p.add_argument("--fusion", choices=[m.value for m in FusionMethod], default=FusionMethod.NON_LOCAL_WEIGHTED_VOTE.value)
+    p.add_argument("--select", type=_positive_int, metavar="K", help="keep the K most similar atlases")
+    p.add_argument("--roi", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),
+                   help="working region: two RAS corners in mm")
+    p.add_argument("--device", choices=[d.value for d in DeviceChoice], default="auto")
+    p.add_argument("--model", default=ENGINES[0], metavar="NAME|PATH", help=f"registration engine ({', '.join(ENGINES)})")
+    p.add_argument("--refine", type=_positive_int, metavar="N", default=SegmentOptions.refine_iterations,
+                   help="instance-optimisation iterations per resolution level")
+    p.add_argument("--save-warped", type=Path, metavar="DIR", help="write warped atlases, weights, uncertainty")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="write timings, device, per-atlas QC")
+    p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <0..1> <message>' lines on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossmodalmas", description="Cross-modality multi-atlas segmentation.")
+    parser.add_argument("--version", action="version", version=f"crossmodalmas {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_segment_parser(commands)
+    demo = commands.add_parser("demo", help="make a phantom cross-modality case and segment it")
+    demo.add_argument("--out", type=Path, help="folder for the case and results (default: a new temporary folder)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--atlases", type=_positive_int, default=4, help="number of phantom atlases")
+    return parser
+
+
+class _Cancellation:
+    """Turns SIGINT/SIGTERM into a flag that the pipeline polls."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _progress_printer(lines: bool):
+    if lines:
+        def report(fraction: float, message: str) -> None:
+            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
+        return report, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=1000, file=sys.stderr, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+
+    def report(fraction: float, message: str) -> None:
+        bar.set_description_str(message[:40])
+        bar.update(max(0, int(fraction * 1000) - bar.n))
+    return report, bar.close
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from crossmodalmas.demo import run_demo
+            return run_demo(args.out, seed=args.seed, n_atlases=args.atlases)
+        from crossmodalmas.segment_command import run_segment
+        with _Cancellation() as cancel:
+            report, close = _progress_printer(args.progress_lines)
+            try:
+                return run_segment(args, report, cancel)
+            finally:
+                close()
+    except InputError as error:
+        print(f"crossmodalmas: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CancelledError:
+        print("crossmodalmas: cancelled; no output written", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as error:  # the last resort: one line, exit 1, never a torch traceback
+        print(f"crossmodalmas: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_ERROR

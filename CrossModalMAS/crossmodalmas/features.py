@@ -1,0 +1,56 @@
+"""Modality-independent image descriptors: MIND-SSC.
+
+MIND-SSC (Heinrich et al., MICCAI 2013, "Towards realtime multimodal fusion for image-guided
+interventions using self-similarity context") describes each voxel by how similar the small
+patches around it are to each other, not by its intensity, so a CT and an MR of the same
+anatomy give similar descriptors. Written here in a few vectorised torch lines because no
+maintained library we depend on (MONAI, SimpleITK) offers it as a function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# The six face neighbours of the centre voxel (offsets in voxels along k, j, i) and the 12
+# pairs of them that lie sqrt(2) apart: the "self-similarity context" of the paper.
+_NEIGHBOURS = ((0, 1, 1), (1, 1, 0), (1, 0, 1), (1, 1, 2), (2, 1, 1), (1, 2, 1))
+_PAIRS = tuple((a, b) for a in range(6) for b in range(6) if a < b and
+               sum((x - y) ** 2 for x, y in zip(_NEIGHBOURS[a], _NEIGHBOURS[b])) == 2)
+
+
+def _shifted(padded: torch.Tensor, offset, dilation: int, shape) -> torch.Tensor:
+    """Crop of a 1-voxel*dilation padded tensor shifted by ``offset - 1`` neighbours."""
+    k, j, i = (o * dilation for o in offset)
+    return padded[:, :, k:k + shape[0], j:j + shape[1], i:i + shape[2]]
+
+
+def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+    """MIND-SSC descriptor of every voxel.
+
+    Args:
+        image: ``(N, 1, D, H, W)`` intensities (any modality; normalised or not).
+        radius: half-width of the patch (box filter) the distances are summed over, in voxels.
+        dilation: distance, in voxels, from the centre to each of the six neighbours.
+
+    Returns:
+        ``(N, 12, D, H, W)`` float descriptors in (0, 1].
+
+    Raises:
+        ValueError: ``image`` is not ``(N, 1, D, H, W)``.
+    """
+    if image.dim() != 5 or image.shape[1] != 1:
+        raise ValueError(f"mind_ssc(): 'image' must be (N, 1, D, H, W), got {tuple(image.shape)}")
+    shape = image.shape[2:]
+    padded = F.pad(image.float(), (dilation,) * 6, mode="replicate")
+    neighbours = [_shifted(padded, offset, dilation, shape) for offset in _NEIGHBOURS]
+    squared = torch.cat([(neighbours[a] - neighbours[b]) ** 2 for a, b in _PAIRS], dim=1)
+    distance = F.avg_pool3d(F.pad(squared, (radius,) * 6, mode="replicate"),
+                            kernel_size=2 * radius + 1, stride=1)
+    distance = distance - distance.min(dim=1, keepdim=True).values
+    variance = distance.mean(dim=1, keepdim=True)
+    # Floor the local variance at a fraction of its global mean so flat regions are not noise.
+    floor = 1e-3 * variance.mean() + 1e-6
+    variance = variance.clamp(min=floor.item())
+    descriptor = torch.exp(-distance / variance)
+    return descriptor / descriptor.max(dim=1, keepdim=True).values

@@ -1,0 +1,226 @@
+"""The one entry point the Slicer module and the command line both call: :func:`segment`.
+
+validate -> affine pre-alignment -> working region -> resample and normalise -> atlas
+selection -> deformable registration -> label fusion -> back to the target's own grid.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from crossmodalmas import fusion as fusion_methods
+from crossmodalmas.atlases import Atlas
+from crossmodalmas.errors import CancelledError, InputError
+from crossmodalmas.features import mind_ssc
+from crossmodalmas.instance_opt import InstanceOptConfig, register
+from crossmodalmas.options import DeviceChoice, SegmentOptions
+from crossmodalmas.preprocess import (affine_align, label_box_in_target, resample,
+                                      resample_probabilities, robust_normalise, working_grid)
+from crossmodalmas.qc import atlas_qc
+from crossmodalmas.result import Result
+from crossmodalmas.selection import select_atlases
+from crossmodalmas.transforms import one_hot, warp
+from crossmodalmas.validate import check_labels, check_volume
+from crossmodalmas.volume import Grid, LabelMap, Volume
+
+ProgressCallback = Callable[[float, str], None]
+CancelCallback = Callable[[], bool]
+
+# Fraction of the progress bar at which each step starts (the last entry is the end).
+_STEPS = {"validate": 0.0, "affine": 0.02, "region": 0.25, "select": 0.3, "register": 0.33,
+          "fuse": 0.88, "output": 0.95, "done": 1.0}
+
+
+class _Run:
+    """Progress, cancellation, timings and warnings of one run."""
+
+    def __init__(self, progress: Optional[ProgressCallback], cancel: Optional[CancelCallback]):
+        self._progress, self._cancel = progress, cancel
+        self.timings: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self._step, self._started = None, 0.0
+
+    def step(self, name: str, message: str) -> None:
+        self.check_cancel()
+        self._close_step()
+        self._step, self._started = name, time.perf_counter()
+        self.report(0.0, message)
+
+    def report(self, fraction: float, message: str) -> None:
+        if self._progress is None or self._step is None:
+            return
+        names = list(_STEPS)
+        start, end = _STEPS[self._step], _STEPS[names[names.index(self._step) + 1]]
+        self._progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+
+    def check_cancel(self) -> None:
+        if self._cancel is not None and self._cancel():
+            raise CancelledError("segmentation cancelled")
+
+    def cancelled(self) -> bool:
+        return self._cancel is not None and bool(self._cancel())
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        warnings.warn(message, stacklevel=3)
+
+    def _close_step(self) -> None:
+        if self._step is not None:
+            self.timings[self._step] = time.perf_counter() - self._started
+
+    def finish(self) -> None:
+        self._close_step()
+        self._step = None
+        if self._progress is not None:
+            self._progress(1.0, "done")
+
+
+def resolve_device(choice: DeviceChoice) -> torch.device:
+    """``auto`` -> CUDA when torch sees a GPU, else CPU. Raises InputError for an absent CUDA."""
+    choice = DeviceChoice(choice)
+    if choice is DeviceChoice.CUDA and not torch.cuda.is_available():
+        raise InputError("--device cuda: torch sees no CUDA device on this machine (use auto or cpu)")
+    if choice is DeviceChoice.CPU or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def _validated(target: Volume, atlases: Sequence[Atlas]) -> list[Atlas]:
+    check_volume(target, "target")
+    if not atlases:
+        raise InputError("atlases: no atlas given (at least one labelled atlas is needed)")
+    checked = []
+    for atlas in atlases:
+        check_volume(atlas.image, f"atlas {atlas.name} image")
+        labels = check_labels(atlas.labels, atlas.image, f"atlas {atlas.name} labels")
+        checked.append(Atlas(atlas.name, atlas.image, labels))
+    return checked
+
+
+def _label_table(atlases: Sequence[Atlas], run: _Run) -> np.ndarray:
+    sets = [set(a.labels.labels.tolist()) for a in atlases]
+    union = sorted(set().union(*sets))
+    if any(s != set(union) for s in sets):
+        run.warn(f"atlases have different label sets; fusing the union {union}")
+    return np.array([0] + union, dtype=np.int64)
+
+
+def _affine_all(target: Volume, atlases: Sequence[Atlas], seed: int, run: _Run):
+    transforms = []
+    for index, atlas in enumerate(atlases):
+        run.check_cancel()
+        run.report(index / len(atlases), f"affine alignment of atlas {atlas.name}")
+        transforms.append(affine_align(target, atlas.image, seed))
+    return transforms
+
+
+def _region(target: Volume, atlases, transforms, options: SegmentOptions, run: _Run):
+    """The working grid and the atlases (with transforms) whose labels land in it."""
+    if options.roi_ras is not None:
+        roi = np.asarray(options.roi_ras, dtype=float).reshape(2, 3)
+        box = np.stack([roi.min(0), roi.max(0)])
+    else:
+        boxes = [label_box_in_target(a.labels, t) for a, t in zip(atlases, transforms)]
+        box = np.stack([np.min([b[0] for b in boxes], 0) - options.margin_mm,
+                        np.max([b[1] for b in boxes], 0) + options.margin_mm])
+    try:
+        grid = working_grid(target.grid, box, options.working_spacing_mm, options.max_working_voxels)
+    except ValueError as error:
+        source = "--roi" if options.roi_ras is not None else "atlases"
+        raise InputError(f"{source}: the region {np.round(box, 1).tolist()} mm (RAS) lies outside the target") from error
+    return grid
+
+
+def _on_grid(target, atlases, transforms, grid: Grid, table: np.ndarray, run: _Run):
+    """Normalised target and atlas images and atlas class indices on the working grid."""
+    target_w = robust_normalise(resample(target.array, target.ijk_to_ras, grid))
+    kept, images, classes, coverage = [], [], [], []
+    for atlas, transform in zip(atlases, transforms):
+        labels = resample(atlas.labels.array, atlas.labels.ijk_to_ras, grid, transform, labels=True)
+        if not np.any(labels):
+            run.warn(f"atlas {atlas.name}: no labelled voxel overlaps the target after alignment; dropped")
+            continue
+        inside = resample(np.ones(atlas.image.array.shape, np.float32), atlas.image.ijk_to_ras, grid, transform)
+        image = resample(robust_normalise(atlas.image.array), atlas.image.ijk_to_ras, grid, transform)
+        kept.append(atlas)
+        images.append(image)
+        classes.append(np.searchsorted(table, labels))  # label value -> class index (table is sorted)
+        coverage.append(float((inside > 0.5).mean()))
+    if not kept:
+        raise InputError("atlases: none overlaps the target after alignment; check that they show the same anatomy")
+    return target_w, kept, np.stack(images), np.stack(classes), coverage
+
+
+def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentOptions] = None,
+            progress: Optional[ProgressCallback] = None,
+            cancel: Optional[CancelCallback] = None) -> Result:
+    """Segment ``target`` with labelled ``atlases`` (any modalities, any grids).
+
+    Args:
+        target: the image to segment.
+        atlases: labelled atlases; each label map on its image's grid.
+        options: run options (defaults: :class:`SegmentOptions`).
+        progress: called as ``progress(fraction, message)`` at least once per step and atlas.
+        cancel: polled between steps and inside the optimisation; True stops the run.
+
+    Returns:
+        :class:`Result` with the labels on the target's exact grid.
+
+    Raises:
+        InputError: an input is unusable (the message names it).
+        CancelledError: ``cancel()`` returned True; nothing was written.
+    """
+    options = options or SegmentOptions()
+    run = _Run(progress, cancel)
+    run.step("validate", "checking inputs")
+    atlases = _validated(target, atlases)
+    device = resolve_device(options.device)
+    table = _label_table(atlases, run)
+    run.step("affine", "affine alignment")
+    transforms = _affine_all(target, atlases, options.seed, run)
+    run.step("region", "working region")
+    grid = _region(target, atlases, transforms, options, run)
+    target_w, kept, images, classes, coverage = _on_grid(target, atlases, transforms, grid, table, run)
+    run.step("select", "atlas selection")
+    order = select_atlases(target_w, images, options.select)
+    kept, images, classes = [kept[i] for i in order], images[order], classes[order]
+    coverage = [coverage[i] for i in order]
+    return _deform_and_fuse(target, grid, table, kept, images, classes, coverage, target_w, options, device, run)
+
+
+def _deform_and_fuse(target, grid, table, kept, images, classes, coverage, target_w, options, device, run):
+    run.step("register", f"deformable registration of {len(kept)} atlases")
+    target_t = torch.from_numpy(target_w)[None, None].to(device)
+    target_features = mind_ssc(target_t)
+    atlas_features = mind_ssc(torch.from_numpy(images)[:, None].to(device))
+    config = InstanceOptConfig(iterations=options.refine_iterations, regularisation=options.regularisation)
+    fields = register(target_features, atlas_features, config,
+                      progress=lambda f: run.report(f, "deformable registration"), cancel=run.cancelled)
+    run.step("fuse", f"label fusion ({options.fusion.value})")
+    with torch.no_grad():
+        warped_features = warp(atlas_features, fields.forward)
+        warped_classes = warp(one_hot(torch.from_numpy(classes)[:, None].to(device), len(table)),
+                              fields.forward).argmax(1, keepdim=True)
+        fused = fusion_methods.fuse(options.fusion, warped_classes, len(table),
+                                    target_features=target_features, atlas_features=warped_features)
+        warped_images = warp(torch.from_numpy(images)[:, None].to(device), fields.forward)[:, 0]
+    qc = atlas_qc([a.name for a in kept], fields, atlas_features, warped_features, target_features,
+                  warped_classes[:, 0], fused, coverage, grid.spacing_kji)
+    run.step("output", "resampling to the target grid")
+    labels = resample_probabilities(fused.probabilities.cpu().numpy(), grid, target.grid)
+    result = Result(
+        labels=LabelMap(table[labels], target.ijk_to_ras.copy()), working_grid=grid,
+        label_values=table, atlas_names=[a.name for a in kept],
+        warped_images=warped_images.cpu().numpy().astype(np.float32),
+        warped_labels=table[warped_classes[:, 0].cpu().numpy()].astype(np.int32),
+        weights=fused.weights.cpu().numpy().astype(np.float32),
+        uncertainty=fused.uncertainty.cpu().numpy().astype(np.float32),
+        qc=qc, fusion=options.fusion, device=str(device), warnings=run.warnings)
+    run.finish()
+    result.timings = run.timings
+    return result
