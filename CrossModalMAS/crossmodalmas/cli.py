@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from pathlib import Path
 
 from crossmodalmas import __version__
@@ -83,21 +82,6 @@ class _Cancellation:
         return self.requested
 
 
-def _progress_printer(lines: bool):
-    if lines:
-        def report(fraction: float, message: str) -> None:
-            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
-        return report, lambda: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=1000, file=sys.stderr, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
-
-    def report(fraction: float, message: str) -> None:
-        bar.set_description_str(message[:40])
-        bar.update(max(0, int(fraction * 1000) - bar.n))
-    return report, bar.close
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -106,12 +90,12 @@ def main(argv=None) -> int:
             from crossmodalmas.demo import run_demo
             return run_demo(args.out, seed=args.seed, n_atlases=args.atlases)
         from crossmodalmas.segment_command import run_segment
+        from crossmodalmas.progress import progress_bar, progress_lines
         with _Cancellation() as cancel:
-            report, close = _progress_printer(args.progress_lines)
-            try:
+            if args.progress_lines:
+                return run_segment(args, progress_lines(), cancel)
+            with progress_bar() as report:
                 return run_segment(args, report, cancel)
-            finally:
-                close()
     except InputError as error:
         print(f"crossmodalmas: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
