@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from crossmodalmas.errors import CancelledError
 from crossmodalmas.transforms import integrate_velocity, resize_flow, warp
 
+_ADAM_EPS = 1e-4
+
 
 @dataclass
 class InstanceOptConfig:
@@ -82,16 +84,24 @@ def _displacement(velocity: torch.Tensor, shape, steps: int) -> torch.Tensor:
 
 def _optimise_level(velocity, target, atlases, config, tick, cancel):
     velocity = velocity.detach().requires_grad_(True)
-    optimiser = torch.optim.Adam([velocity], lr=config.learning_rate)
+    # Adam's step ignores the gradient's scale, so round-off gradients (an atlas already equal
+    # to the target) would still move the field by a full step. Summing the loss over the
+    # velocity grid makes real gradients O(1e-3..1), and ``eps`` then damps round-off ones.
+    optimiser = torch.optim.Adam([velocity], lr=config.learning_rate, eps=_ADAM_EPS)
+    # Adam jitters about the optimum by about its step: decay the step linearly to a tenth.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda i: 1.0 - 0.9 * i / max(config.iterations - 1, 1))
+    scale = float(velocity[0, 0].numel())
     for _ in range(config.iterations):
         if cancel is not None and cancel():
             raise CancelledError("registration cancelled")
         optimiser.zero_grad(set_to_none=True)
         flow = _displacement(velocity, target.shape[2:], config.integration_steps)
         similarity = (warp(atlases, flow) - target).pow(2).flatten(1).mean(1)
-        loss = (similarity + config.regularisation * diffusion_energy(velocity)).sum()
+        loss = scale * (similarity + config.regularisation * diffusion_energy(velocity)).sum()
         loss.backward()
         optimiser.step()
+        schedule.step()
         tick()
     return velocity.detach()
 

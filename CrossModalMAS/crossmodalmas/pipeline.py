@@ -56,7 +56,7 @@ class _Run:
             return
         names = list(_STEPS)
         start, end = _STEPS[self._step], _STEPS[names[names.index(self._step) + 1]]
-        self._progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+        self._progress(round(start + (end - start) * min(max(fraction, 0.0), 1.0), 6), message)
 
     def check_cancel(self) -> None:
         if self._cancel is not None and self._cancel():
