@@ -18,7 +18,7 @@ from crossmodalmas.atlases import Atlas
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.instance_opt import InstanceOptConfig, register
-from crossmodalmas.options import DeviceChoice, SegmentOptions
+from crossmodalmas.options import DeviceChoice, FusionMethod, SegmentOptions
 from crossmodalmas.preprocess import (affine_align, label_box_in_target, resample,
                                       resample_probabilities, robust_normalise, working_grid)
 from crossmodalmas.qc import atlas_qc
@@ -178,6 +178,8 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
     options = options or SegmentOptions()
     run = _Run(progress, cancel)
     run.step("validate", "checking inputs")
+    if options.fusion is FusionMethod.PATCH_LABEL_FUSION:
+        raise InputError("--fusion plf: the similarity network is not bundled yet; use mv, nlwv or loa")
     atlases = _validated(target, atlases)
     device = resolve_device(options.device)
     table = _label_table(atlases, run)
