@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -76,14 +77,15 @@ class Grid:
 
 
 @dataclass
-class Volume:
-    """An intensity image: float32 array in KJI order plus its IJK -> RAS matrix."""
+class _ArrayOnGrid:
+    """A KJI array plus its IJK -> RAS matrix; subclasses fix the array's dtype."""
 
     array: np.ndarray
     ijk_to_ras: np.ndarray
+    dtype: ClassVar[type] = np.float32
 
     def __post_init__(self):
-        self.array = np.asarray(self.array, dtype=np.float32)
+        self.array = np.asarray(self.array, dtype=self.dtype)
         self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=np.float64)
 
     @property
@@ -92,19 +94,17 @@ class Volume:
 
 
 @dataclass
-class LabelMap:
+class Volume(_ArrayOnGrid):
+    """An intensity image: float32 array in KJI order plus its IJK -> RAS matrix."""
+
+    dtype: ClassVar[type] = np.float32
+
+
+@dataclass
+class LabelMap(_ArrayOnGrid):
     """A label map: int32 array in KJI order (0 = background) plus its IJK -> RAS matrix."""
 
-    array: np.ndarray
-    ijk_to_ras: np.ndarray
-
-    def __post_init__(self):
-        self.array = np.asarray(self.array, dtype=np.int32)
-        self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=np.float64)
-
-    @property
-    def grid(self) -> Grid:
-        return Grid(self.array.shape, self.ijk_to_ras)
+    dtype: ClassVar[type] = np.int32
 
     @property
     def labels(self) -> np.ndarray:
