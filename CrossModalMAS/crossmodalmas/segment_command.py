@@ -27,18 +27,18 @@ def _atlas_files(args) -> list[atlas_io.AtlasFiles]:
     return files
 
 
-def _check_output(output: Path, inputs: list[Path]) -> None:
+def _check_output(output: Path, inputs: list[Path], flag: str = "--output") -> None:
     """Refuse to overwrite an input; create the output folder if needed."""
     resolved = output.resolve()
     for path in inputs:
         if path.exists() and path.resolve() == resolved:
-            raise InputError(f"--output {output}: is also an input; refusing to overwrite it")
+            raise InputError(f"{flag} {output}: is also an input; refusing to overwrite it")
     try:
         resolved.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"--output {output}: cannot create its folder ({error.strerror})") from error
+        raise InputError(f"{flag} {output}: cannot create its folder ({error.strerror})") from error
     if not os.access(resolved.parent, os.W_OK):
-        raise InputError(f"--output {output}: folder {resolved.parent} is not writable")
+        raise InputError(f"{flag} {output}: folder {resolved.parent} is not writable")
 
 
 def options_from_args(args) -> SegmentOptions:
@@ -94,7 +94,10 @@ def run_segment(args, progress, cancel) -> int:
     started = time.perf_counter()
     files = _atlas_files(args)
     options = options_from_args(args)
-    _check_output(args.output, [args.target] + [p for f in files for p in (f.image, f.labels)])
+    inputs = [args.target] + [p for f in files for p in (f.image, f.labels)]
+    _check_output(args.output, inputs)
+    if args.report:
+        _check_output(args.report, inputs, "--report")
     target = read_volume(args.target)
     atlases = [atlas_io.load(f) for f in files]
     result = segment(target, atlases, options, progress=progress, cancel=cancel)
