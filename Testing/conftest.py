@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from crossmodalmas.phantoms import heart_tissue_map, make_grid, random_heart_anatomy, render, tissue_to_labels
 from crossmodalmas.volume import LabelMap, Volume, write_labels, write_volume
@@ -102,11 +103,21 @@ def cli(capsys):
     return run
 
 
+def pytest_configure(config):
+    """One torch thread: the tiny volumes gain nothing from more, and on a busy 2-core machine
+    (other test or benchmark processes) torch's spinning OpenMP threads turn a 0.5 s run into 10 s."""
+    torch.set_num_threads(1)
+
+
+def process_env() -> dict:
+    """Environment of a ``python -m crossmodalmas`` child: one OpenMP thread (see above)."""
+    return dict(os.environ, PYTHONWARNINGS="default", OMP_NUM_THREADS="1")
+
+
 def run_process(*argv, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m crossmodalmas ARGV`` as a real process (text output captured)."""
-    env = dict(os.environ, PYTHONWARNINGS="default", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     return subprocess.run([sys.executable, "-m", "crossmodalmas", *map(str, argv)], capture_output=True,
-                          text=True, timeout=timeout, env=env, **kwargs)
+                          text=True, timeout=timeout, env=process_env(), **kwargs)
 
 
 @dataclass

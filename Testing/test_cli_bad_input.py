@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import QUICK, atlas_args, no_partial_files, phantom, run_process, sha256, write_atlas
-from crossmodalmas.volume import LabelMap, Volume, read_labels, read_volume, to_sitk, write_labels, write_volume
+from crossmodalmas.volume import LabelMap, read_labels, read_volume, to_sitk, write_volume
 
 
 def assert_refused(run, pattern: str) -> str:

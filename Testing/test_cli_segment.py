@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import (MMWHS_CODES, QUICK, TINY_SPACING, atlas_args, mean_dice, no_partial_files, phantom,
-                      run_process, sha256, write_atlas)
+                      process_env, run_process, sha256, write_atlas)
 from crossmodalmas.volume import read_labels, read_volume, write_labels, write_volume
 
 PROGRESS_LINE = re.compile(r"^PROGRESS (\d+(?:\.\d+)?) (\S.*)$")
@@ -220,7 +220,7 @@ def test_sigterm_cancels_with_exit_3_and_leaves_no_output(tiny_case, tmp_path):
     command = [sys.executable, "-m", "crossmodalmas", "segment", "--target", str(tiny_case.target),
                *atlas_args(tiny_case.atlases), "--output", str(out), "--report", str(report),
                "--save-warped", str(warped), "--progress-lines", "--refine", "2000", "--device", "cpu"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env())
     try:
         deadline = time.monotonic() + 60
         for line in process.stdout:

@@ -1,13 +1,9 @@
-"""Benchmark: pairwise atlas -> target registration, side by side, on one machine.
+"""Benchmark: pairwise atlas -> target registration, side by side, on one machine (writes BENCHMARKS.md).
 
 Methods: ``identity`` (centre alignment), ``affine`` (:func:`crossmodalmas.preprocess.affine_align`), ``syn``
-(antspyx SyN, Mattes MI: the classical cross-modality standard), ``ours`` (:func:`crossmodalmas.pipeline.segment`
-with one atlas: affine + instance optimisation). Each maps the atlas labels onto the target grid, scored against
-the target's truth (mean Dice, HD95), with % folding and the pair's wall clock. Cases: ``brain`` (real OASIS T1
-pair, and its contrast-inverted atlas), ``phantom`` (MR-like -> CT-like heart phantoms), ``synthseg`` (SynthSeg
-label maps, each subject with its own random contrast); ``brain`` and ``synthseg`` need ``../shared/data``,
-``syn`` needs antspyx: each is skipped with a message otherwise. Writes BENCHMARKS.md and
-``benchmark_out/registration.json``: ``python scripts/benchmark_registration.py [--cases ..] [--quick] [--out ..]``.
+(antspyx SyN, Mattes MI), ``ours`` (:func:`crossmodalmas.pipeline.segment`, one atlas): atlas labels on the target
+grid scored against its truth (Dice, HD95), with % folding and wall clock. Cases: ``brain`` (OASIS T1, also with
+inverted contrast), ``phantom`` (MR-like -> CT-like), ``synthseg`` (label maps with random contrasts).
 """
 
 from __future__ import annotations
@@ -17,6 +13,8 @@ import datetime
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,17 +44,14 @@ SYNTHSEG_PAIRS = ((1, 2), (3, 4), (5, 6))  # (atlas, target) subject numbers
 PHANTOM_SEEDS = (1, 2, 3)
 SYNTHSEG_GROUPS = {  # scored group -> FreeSurfer ids merged into it
     "cerebral white matter": (2, 41), "cerebral cortex": (3, 42), "lateral ventricles": (4, 43),
-    "cerebellum": (7, 8, 46, 47), "thalamus": (10, 49),
-    "basal ganglia (caudate, putamen, pallidum)": (11, 12, 13, 50, 51, 52), "brainstem": (16,),
-}
+    "cerebellum": (7, 8, 46, 47), "thalamus": (10, 49), "basal ganglia": (11, 12, 13, 50, 51, 52), "brainstem": (16,)}
 TIME_FACTOR, FOLDING_LIMIT_PERCENT = 5, 0.5  # targets: <= 1/TIME_FACTOR of SyN's time, folding below
 TARGETS_TEXT = f"ours' mean Dice >= SyN's, in <= 1/{TIME_FACTOR} of its time, folding < {FOLDING_LIMIT_PERCENT} %"
 
 
 @dataclass
 class Mapped:
-    """A method's output: KJI atlas label values on the target grid; % folding (None for
-    rigid/affine) or ``folding_later`` to compute it after the timer stops; ``extra`` for the JSON."""
+    """A method's output: atlas labels on the target grid, % folding (or a callable for it, untimed), extras."""
 
     labels: np.ndarray
     folding_percent: Optional[float] = None
@@ -66,8 +61,7 @@ class Mapped:
 
 @dataclass
 class Pair:
-    """One atlas -> target problem: images with labels on their grids, ``cross`` when the
-    contrasts differ, the label values scored, and an optional {group: member values} merge."""
+    """One atlas -> target problem: images and labels, label values scored, optional {group: ids} merge."""
 
     case: str
     name: str
@@ -78,6 +72,7 @@ class Pair:
     truth: LabelMap
     labels: tuple[int, ...]
     groups: Optional[dict[int, tuple[int, ...]]] = None
+    extra: dict = field(default_factory=dict)
 
 
 def invert_contrast(array: np.ndarray, fraction: float = INVERT_FRACTION) -> np.ndarray:
@@ -103,20 +98,25 @@ def render_contrast(labels: np.ndarray, rng: np.random.Generator, blur_vox: floa
     return (image + rng.normal(0.0, noise, size=image.shape)).astype(np.float32)
 
 
-def _oasis(name: str) -> tuple[Volume, LabelMap]:
+def _oasis(name: str) -> tuple[Volume, LabelMap, dict]:
+    """An OASIS image, its seg resampled from its own header onto the image grid, and both geometries' head fit."""
     folder = DATA / "images" / "oasis_brain"
     image = read_volume(folder / f"image_{name}_160x192x144.nii.gz")
     seg = read_labels(folder / f"image_{name}_160x192x144_seg.nii.gz")
-    return image, LabelMap(seg.array, image.ijk_to_ras)  # the image's geometry (see data README)
+    own = resample(seg.array, seg.ijk_to_ras, image.grid, labels=True)
+    head = (image.array > INVERT_FRACTION * image.array.max()).astype(np.int32)
+    fit = {geometry: metrics.dice(head, (labels != 0).astype(np.int32), [1])[1]
+           for geometry, labels in (("own header", own), ("image geometry", seg.array))}
+    return image, LabelMap(own, image.ijk_to_ras), fit
 
 
 def brain_pairs() -> list[Pair]:
     """A (contrast-inverted) -> B, then A -> B, of the real OASIS pair."""
-    (a, a_seg), (b, b_seg) = _oasis("A"), _oasis("B")
-    labels = tuple(int(v) for v in b_seg.labels)
+    (a, a_seg, a_fit), (b, b_seg, b_fit) = _oasis("A"), _oasis("B")
+    labels, fit = tuple(int(v) for v in b_seg.labels), {"seg_head_dice": {"A": a_fit, "B": b_fit}}
     inverted = Volume(invert_contrast(a.array), a.ijk_to_ras)
-    return [Pair("brain", "oasis A(inverted)->B", True, inverted, a_seg, b, b_seg, labels),
-            Pair("brain", "oasis A->B", False, a, a_seg, b, b_seg, labels)]
+    return [Pair("brain", "oasis A(inverted)->B", True, inverted, a_seg, b, b_seg, labels, extra=fit),
+            Pair("brain", "oasis A->B", False, a, a_seg, b, b_seg, labels, extra=fit)]
 
 
 def phantom_pairs() -> list[Pair]:
@@ -139,8 +139,7 @@ def _cropped(labels: LabelMap, margin: int) -> LabelMap:
 def synthseg_subject(number: int, seed: int) -> tuple[Volume, LabelMap]:
     """A SynthSeg label map cropped, rendered with its own contrast at 1 mm, resampled to the bench spacing."""
     full = read_labels(DATA / "labelmaps" / "synthseg_brain" / f"training_seg_{number:02d}.nii.gz")
-    spacing = float(full.grid.spacing.min())
-    crop = _cropped(full, int(round(SYNTHSEG_MARGIN_MM / spacing)))
+    crop = _cropped(full, int(round(SYNTHSEG_MARGIN_MM / float(full.grid.spacing.min()))))
     rng = np.random.default_rng(np.random.SeedSequence([seed, number]))
     image = render_contrast(crop.array, rng)
     grid = isotropic_grid(crop.grid, SYNTHSEG_SPACING_MM)
@@ -202,9 +201,8 @@ def make_syn(ants) -> Callable[[Pair], Mapped]:
 def _syn_folding(ants, fixed, reg: dict) -> float:
     """% of ``fixed``'s domain where the SyN warp's Jacobian determinant is <= 0; removes ANTs' files."""
     determinant = ants.create_jacobian_determinant_image(fixed, reg["fwdtransforms"][0], do_log=False).numpy()
-    for path in {*reg["fwdtransforms"], *reg["invtransforms"]}:
-        if os.path.isfile(path):
-            os.remove(path)
+    for path in filter(os.path.isfile, {*reg["fwdtransforms"], *reg["invtransforms"]}):
+        os.remove(path)
     return float((determinant <= 0).mean() * 100.0)
 
 
@@ -224,31 +222,31 @@ def run_pair(pair: Pair, methods: dict[str, Callable[[Pair], Mapped]]) -> dict:
     out = {}
     for name, method in methods.items():
         print(f"  {pair.name}: {name} ...")
-        started = time.perf_counter()
+        load, started = os.getloadavg()[0], time.perf_counter()
         mapped = method(pair)
         seconds = time.perf_counter() - started
         folding = mapped.folding_later() if mapped.folding_later else mapped.folding_percent
-        out[name] = {**score(pair, mapped.labels), "folding_percent": folding, "seconds": seconds, **mapped.extra}
+        out[name] = {**score(pair, mapped.labels), "folding_percent": folding, "seconds": seconds,
+                     "load_1min_before": load, **mapped.extra}
         print(f"    Dice {out[name]['mean_dice']:.3f}  HD95 {out[name]['mean_hd95_mm']:.2f} mm  {seconds:.1f} s")
     return out
 
 
 def load_pairs(cases: list[str], quick: bool) -> list[Pair]:
-    """The pairs of the chosen sets (first of each with ``quick``); data sets skipped where absent."""
+    """The pairs of the chosen sets (first of each with ``quick``); skipped with a message without ../shared/data."""
     loaders = {"brain": brain_pairs, "phantom": phantom_pairs, "synthseg": synthseg_pairs}
     pairs = []
     for case in cases:
         if case != "phantom" and not DATA.is_dir():
             print(f"skipping the {case} cases: {DATA} is absent (a fresh checkout has no shared data)")
             continue
-        print(f"loading the {case} cases ...", flush=True)
-        loaded = loaders[case]()
-        pairs += loaded[:1] if quick else loaded
+        print(f"loading the {case} cases ...")
+        pairs += loaders[case]()[:1 if quick else None]
     return pairs
 
 
 def import_ants():
-    """antspyx, or None with a printed message."""
+    """antspyx, or None with a printed message (the SyN column is then skipped)."""
     try:
         import ants  # deferred: an optional benchmark dependency
     except ImportError:
@@ -261,9 +259,10 @@ def machine() -> dict:
     """CPU model, cores and library versions of this machine."""
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), platform.processor())
-    ants = sys.modules.get("ants")
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "antspyx": getattr(ants, "__version__", "absent"),
+    git = ["git", "-C", str(ROOT), "describe", "--always", "--dirty"]
+    commit = subprocess.run(git, capture_output=True, text=True).stdout.strip() if shutil.which("git") else ""
+    return {"cpu": model, "cores": os.cpu_count(), "commit": commit or "unknown", "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "antspyx": getattr(sys.modules.get("ants"), "__version__", "absent"),
             "simpleitk": sitk.Version.VersionString(), "python": platform.python_version()}
 
 
@@ -293,7 +292,7 @@ def results_table(results: list[dict]) -> list[str]:
     return lines
 
 
-def summary_table(results: list[dict]) -> tuple[list[str], list[bool]]:
+def summary_table(results: list[dict]) -> tuple[list[str], list[Optional[bool]]]:
     """Markdown rows of the cross-modality pairs: ours vs SyN and whether each target held."""
     lines = ["| pair | ours Dice | SyN Dice | ours s | SyN s | SyN/ours time | ours folding % | "
              f"Dice >= SyN | time <= 1/{TIME_FACTOR} | folding < {FOLDING_LIMIT_PERCENT} % | all held |",
@@ -302,9 +301,9 @@ def summary_table(results: list[dict]) -> tuple[list[str], list[bool]]:
     for entry in (e for e in results if e["cross"]):
         ours, syn = entry["methods"]["ours"], entry["methods"].get("syn")
         verdict = _verdict(ours, syn)
-        ok = all(v is not False for v in verdict.values()) and None not in verdict.values()
+        ok = None if None in verdict.values() else all(verdict.values())
         held.append(ok)
-        entry["targets"] = verdict
+        entry["targets"] = {**verdict, "all": ok}
         ratio = None if syn is None else syn["seconds"] / ours["seconds"]
         lines.append(f"| {entry['pair']} | {_fmt(ours['mean_dice'])} | {_fmt(syn and syn['mean_dice'])} | "
                      f"{_fmt(ours['seconds'], 1)} | {_fmt(syn and syn['seconds'], 1)} | {_fmt(ratio, 2)} | "
@@ -313,14 +312,18 @@ def summary_table(results: list[dict]) -> tuple[list[str], list[bool]]:
     return lines, held
 
 
-def notes(info: dict) -> list[str]:
+def notes(info: dict, results: list[dict]) -> list[str]:
     """The notes section: what each case and number is."""
     groups = "; ".join(f"{name} = {ids}" for name, ids in SYNTHSEG_GROUPS.items())
+    fit = next((e["seg_head_dice"] for e in results if "seg_head_dice" in e), {})
+    fit = ", ".join(f"{n} {f['own header']:.3f} vs {f['image geometry']:.3f}" for n, f in fit.items())
     return [
         "## Notes", "", f"- Targets (every cross-modality pair): {TARGETS_TEXT}.",
-        "- brain: OASIS T1 `image_A/B_160x192x144` and their `_seg` maps (scored: every label of B's map), read on "
-        "the image's geometry (the seg headers' spacing differs slightly). `A(inverted)`: inside the head (voxels "
-        f"above {INVERT_FRACTION:.0%} of the max) each value becomes max - value, background stays 0: a "
+        "- brain: OASIS T1 `image_A/B_160x192x144` and their `_seg` maps (scored: every label of B's map), each "
+        "resampled (nearest) from its own header onto its image's grid: the data README says to use the image's "
+        "geometry, but the seg's own header fits the head (voxels above "
+        f"{INVERT_FRACTION:.0%} of the max) better (Dice with the seg's foreground, own header vs image geometry: "
+        f"{fit}). `A(inverted)`: inside the head each value becomes max - value, background stays 0: a "
         "contrast-reversed stand-in for another modality. `A->B` is the same-modality reference, outside the targets.",
         f"- phantom: `crossmodalmas.phantoms.demo_case(seed=s, n_atlases=1)`, s in {list(PHANTOM_SEEDS)}: MR-like "
         "atlas -> CT-like target of another anatomy, scored on the MM-WHS structures present in the target.",
@@ -329,31 +332,29 @@ def notes(info: dict) -> list[str]:
         f"0), Gaussian blur sigma {SYNTHSEG_BLUR_VOX} voxel, noise std {SYNTHSEG_NOISE}, then resampled (labels: "
         f"nearest) to {SYNTHSEG_SPACING_MM} mm isotropic to keep SyN and ours affordable. All labels are registered "
         f"and fused; Dice and HD95 are over merged structures (FreeSurfer ids): {groups}.",
-        "- identity: the atlas translated so its image centre lies on the target's. affine: "
-        "`crossmodalmas.preprocess.affine_align` alone. ours: `crossmodalmas.pipeline.segment` with the one atlas "
-        "and `SegmentOptions(fusion=\"mv\")` (affine + instance optimisation on MIND-SSC, defaults otherwise; device "
-        f"`{info['ours_device']}`); folding: `result.qc[0].folding_percent`, over its working region.",
-        "- syn: `ants.registration(type_of_transform=\"SyN\", aff_metric=\"mattes\", syn_metric=\"mattes\")` "
-        "(its own centre-of-mass start and affine stage), labels warped with `genericLabel`; folding: % of the "
-        "target's image domain where the SyN warp's Jacobian determinant (`ants.create_jacobian_determinant_image`) "
-        "is <= 0. ANTs runs multi-threaded and unseeded (its random affine sampling varies a little between runs).",
+        "- identity: the atlas translated so its image centre lies on the target's. affine: `affine_align` alone. "
+        "ours: `crossmodalmas.pipeline.segment` with one atlas, `SegmentOptions(fusion=\"mv\")` (defaults otherwise; "
+        f"device `{info['ours_device']}`); folding: `result.qc[0].folding_percent`, over its working region.",
+        "- syn: `ants.registration(type_of_transform=\"SyN\", aff_metric=\"mattes\", syn_metric=\"mattes\")` (its "
+        "own centre-of-mass start and affine stage; multi-threaded, unseeded), labels warped with `genericLabel`; "
+        "folding: % of the target's domain where the SyN warp's `ants.create_jacobian_determinant_image` is <= 0.",
         "- seconds: wall clock of the pair, from the images in memory to the atlas labels on the target grid "
-        "(identity/affine: with label resampling; syn: registration + label warp; ours: the whole `segment()` call). "
-        "Dice and HD95 (95th-percentile symmetric surface distance, `crossmodalmas.metrics`) are means over labels.",
+        "(identity/affine: with label resampling; syn: registration + label warp; ours: the whole `segment()` call), "
+        f"on a shared machine: the highest 1-min load average just before a timed method was {info['peak_load']:.2f} "
+        "(per method in the JSON). Dice and HD95 (95th-percentile symmetric surface distance) are means over labels.",
     ]
 
 
-def write_markdown(path: Path, results: list[dict], info: dict) -> list[bool]:
+def write_markdown(path: Path, results: list[dict], info: dict) -> list[Optional[bool]]:
     """BENCHMARKS.md: machine, command, the tables, notes. Returns per-pair target verdicts."""
     summary, held = summary_table(results)
     lines = ["# Benchmarks: pairwise atlas -> target registration", "",
-             f"Run on {info['date']} with `{info['command']}`.", "",
-             f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']} "
-             f"({info['torch_threads']} threads), antspyx {info['antspyx']}, SimpleITK "
-             f"{info['simpleitk']}, Python {info['python']}.", "",
+             f"Run on {info['date']} with `{info['command']}`, code at `{info['commit']}` (git describe).", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']} ({info['threads']} threads), "
+             f"antspyx {info['antspyx']}, SimpleITK {info['simpleitk']}, Python {info['python']}.", "",
              "## Cross-modality summary: ours vs ANTs SyN", "", *summary, "",
-             f"Targets held on {sum(held)} of {len(held)} cross-modality pairs.", "",
-             "## All pairs and methods", "", *results_table(results), "", *notes(info), ""]
+             f"Targets held on {held.count(True)} of {len(held) - held.count(None)} cross-modality pairs checked.", "",
+             "## All pairs and methods", "", *results_table(results), "", *notes(info, results), ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return held
 
@@ -366,9 +367,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmark_out" / "registration.json", help="raw numbers")
     args = parser.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(args.cases) - set(CASES))
-    if unknown:
-        parser.error(f"--cases: unknown {unknown}; choose from {list(CASES)}")
+    if set(args.cases) - set(CASES):
+        parser.error(f"--cases: unknown {sorted(set(args.cases) - set(CASES))}; choose from {list(CASES)}")
     return args
 
 
@@ -382,15 +382,16 @@ def main(argv=None) -> int:
     if not pairs:
         print("no case to run")
         return 0
-    results = [{"case": p.case, "pair": p.name, "cross": p.cross, "methods": run_pair(p, methods)}
+    results = [{"case": p.case, "pair": p.name, "cross": p.cross, **p.extra, "methods": run_pair(p, methods)}
                for p in pairs]
     info = {**machine(), "date": datetime.date.today().isoformat(),
             "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
-            "ours_device": results[0]["methods"]["ours"]["device"]}
+            "ours_device": results[0]["methods"]["ours"]["device"],
+            "peak_load": max(m["load_1min_before"] for r in results for m in r["methods"].values())}
     held = write_markdown(args.out, results, info)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": info, "results": results}, indent=1, default=str), encoding="utf-8")
-    print(f"wrote {args.out} and {args.json}; targets held on {sum(held)} of {len(held)} cross-modality pairs")
+    print(f"wrote {args.out} and {args.json}; targets held on {held.count(True)} of {len(held)} cross-modality pairs")
     return 0
 
 
