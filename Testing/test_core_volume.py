@@ -151,30 +151,17 @@ def test_read_a_folder_without_dicom(tmp_path):
         read_volume(tmp_path)
 
 
-def test_read_labels_refuses_fractions(tmp_path):
-    path = tmp_path / "soft.nrrd"
-    array = np.zeros((4, 5, 6), np.float32)
-    array[1, 2, 3] = 0.25
+@pytest.mark.parametrize("name, dtype, value, message", [
+    ("soft.nrrd", np.float32, 0.25, r"label map holds non-integer values"),
+    ("nan.nrrd", np.float32, np.nan, r"label map holds non-integer values"),
+    ("huge.nrrd", np.int64, 2 ** 40, rf"label values span \[0, {2 ** 40}\], outside the int32"),
+])
+def test_read_labels_refuses_bad_values(tmp_path, name, dtype, value, message):
+    path = tmp_path / name
+    array = np.zeros((4, 5, 6), dtype)
+    array[1, 2, 3] = value
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: label map holds non-integer values"):
-        read_labels(path)
-
-
-def test_read_labels_refuses_nan(tmp_path):
-    path = tmp_path / "nan.nrrd"
-    array = np.zeros((4, 5, 6), np.float32)
-    array[1, 2, 3] = np.nan
-    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    with pytest.raises(InputError, match=r"label map holds non-integer values"):
-        read_labels(path)
-
-
-def test_read_labels_refuses_values_beyond_int32(tmp_path):
-    path = tmp_path / "huge.nrrd"
-    array = np.zeros((4, 5, 6), np.int64)
-    array[0, 0, 0] = 2 ** 40
-    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: label values span \[0, {2 ** 40}\], outside the int32"):
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: " + message):
         read_labels(path)
 
 

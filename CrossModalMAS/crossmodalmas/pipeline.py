@@ -19,6 +19,7 @@ from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.instance_opt import InstanceOptConfig, register
 from crossmodalmas.options import DeviceChoice, FusionMethod, SegmentOptions
+from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.preprocess import (affine_align, label_box_in_target, resample,
                                       resample_probabilities, robust_normalise, working_grid)
 from crossmodalmas.qc import atlas_qc
@@ -28,7 +29,6 @@ from crossmodalmas.transforms import one_hot, warp
 from crossmodalmas.validate import check_labels, check_volume
 from crossmodalmas.volume import Grid, LabelMap, Volume
 
-ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
 
 # Fraction of the progress bar at which each step starts (the last entry is the end).
@@ -119,8 +119,8 @@ def _affine_all(target: Volume, atlases: Sequence[Atlas], seed: int, run: _Run):
     return transforms
 
 
-def _region(target: Volume, atlases, transforms, options: SegmentOptions, run: _Run):
-    """The working grid and the atlases (with transforms) whose labels land in it."""
+def _region(target: Volume, atlases, transforms, options: SegmentOptions) -> Grid:
+    """The working grid: the user's ROI, else the union box of the aligned atlas labels + margin."""
     if options.roi_ras is not None:
         roi = np.asarray(options.roi_ras, dtype=float).reshape(2, 3)
         box = np.stack([roi.min(0), roi.max(0)])
@@ -186,7 +186,7 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
     run.step("affine", "affine alignment")
     transforms = _affine_all(target, atlases, options.seed, run)
     run.step("region", "working region")
-    grid = _region(target, atlases, transforms, options, run)
+    grid = _region(target, atlases, transforms, options)
     target_w, kept, images, classes, coverage = _on_grid(target, atlases, transforms, grid, table, run)
     run.step("select", "atlas selection")
     order = select_atlases(target_w, images, options.select)

@@ -58,11 +58,15 @@ def isotropic_grid(grid: Grid, spacing_mm: float) -> Grid:
     """A grid with the same extent and direction as ``grid`` and isotropic ``spacing_mm``."""
     extent = (np.array(grid.shape[::-1]) - 1) * grid.spacing  # along i, j, k in mm
     size_ijk = np.maximum(np.round(extent / spacing_mm).astype(int) + 1, 1)
-    direction = grid.ijk_to_ras[:3, :3] / grid.spacing
+    return _isotropic_along(grid, size_ijk, spacing_mm, grid.ijk_to_ras[:3, 3])
+
+
+def _isotropic_along(grid: Grid, size_ijk, spacing_mm: float, origin_ras) -> Grid:
+    """An isotropic grid with ``grid``'s direction, ``size_ijk`` voxels and its first voxel at ``origin_ras``."""
     ijk_to_ras = np.eye(4)
-    ijk_to_ras[:3, :3] = direction * spacing_mm
-    ijk_to_ras[:3, 3] = grid.ijk_to_ras[:3, 3]
-    return Grid(tuple(size_ijk[::-1]), ijk_to_ras)
+    ijk_to_ras[:3, :3] = grid.ijk_to_ras[:3, :3] / grid.spacing * spacing_mm
+    ijk_to_ras[:3, 3] = origin_ras
+    return Grid(tuple(int(s) for s in np.asarray(size_ijk)[::-1]), ijk_to_ras)
 
 
 def _ras_to_lps(points: np.ndarray) -> np.ndarray:
@@ -108,11 +112,7 @@ def working_grid(target: Grid, box_ras: np.ndarray, spacing_mm: Optional[float],
     if spacing_mm is None:
         spacing_mm = max(float(target.spacing.min()), float(np.cbrt(np.prod(extent_mm) / max_voxels)))
     size = np.maximum(np.round(extent_mm / spacing_mm).astype(int) + 1, 2)
-    direction = target.ijk_to_ras[:3, :3] / target.spacing
-    ijk_to_ras = np.eye(4)
-    ijk_to_ras[:3, :3] = direction * spacing_mm
-    ijk_to_ras[:3, 3] = target.ijk_to_points(lo[None])[0]
-    return Grid(tuple(size[::-1]), ijk_to_ras)
+    return _isotropic_along(target, size, spacing_mm, target.ijk_to_points(lo[None])[0])
 
 
 def _downsampled(volume: Volume) -> sitk.Image:
