@@ -13,10 +13,16 @@ from pathlib import Path
 
 from crossmodalmas import __version__
 from crossmodalmas.errors import CancelledError, InputError
-from crossmodalmas.options import DeviceChoice, FusionMethod, SegmentOptions
+from crossmodalmas.models_command import add_models_parser
+from crossmodalmas.options import DEFAULT_REFINE, DeviceChoice, FusionMethod
+from crossmodalmas.train.command import add_train_registration_parser
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
-ENGINES = ("instance-opt",)  # registration engines available until bundled networks land
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -39,9 +45,14 @@ def _add_segment_parser(commands) -> None:
     p.add_argument("--roi", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),
                    help="working region: two RAS corners in mm")
     p.add_argument("--device", choices=[d.value for d in DeviceChoice], default="auto")
-    p.add_argument("--model", default=ENGINES[0], metavar="NAME|PATH", help=f"registration engine ({', '.join(ENGINES)})")
-    p.add_argument("--refine", type=_positive_int, metavar="N", default=SegmentOptions.refine_iterations,
-                   help="instance-optimisation iterations per resolution level")
+    p.add_argument("--model", metavar="NAME|PATH",
+                   help="registration network: a bundled model's name (`crossmodalmas models list`), a "
+                        "model entry .json or a folder with models.json; 'instance-opt' for none "
+                        "(default: the bundled default)")
+    p.add_argument("--refine", type=_non_negative_int, metavar="N",
+                   help="instance-optimisation iterations from the network's fields (0: network "
+                        f"alone; default {DEFAULT_REFINE['network']}); with --model instance-opt, "
+                        f"iterations per level (default {DEFAULT_REFINE['instance-opt']})")
     p.add_argument("--save-warped", type=Path, metavar="DIR", help="write warped atlases, weights, uncertainty")
     p.add_argument("--report", type=Path, metavar="FILE.json", help="write timings, device, per-atlas QC")
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <0..1> <message>' lines on stdout")
@@ -56,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="folder for the case and results (default: a new temporary folder)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--atlases", type=_positive_int, default=4, help="number of phantom atlases")
+    add_train_registration_parser(commands)
+    add_models_parser(commands)
     return parser
 
 
@@ -82,20 +95,30 @@ class _Cancellation:
         return self.requested
 
 
+def _run(args) -> int:
+    if args.command == "demo":
+        from crossmodalmas.demo import run_demo
+        return run_demo(args.out, seed=args.seed, n_atlases=args.atlases)
+    if args.command == "models":
+        from crossmodalmas.models_command import run_models
+        return run_models(args)
+    with _Cancellation() as cancel:
+        if args.command == "train-registration":
+            from crossmodalmas.train.command import run_train_registration
+            return run_train_registration(args, cancel)
+        from crossmodalmas.segment_command import run_segment
+        from crossmodalmas.progress import progress_bar, progress_lines
+        if args.progress_lines:
+            return run_segment(args, progress_lines(), cancel)
+        with progress_bar() as report:
+            return run_segment(args, report, cancel)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            from crossmodalmas.demo import run_demo
-            return run_demo(args.out, seed=args.seed, n_atlases=args.atlases)
-        from crossmodalmas.segment_command import run_segment
-        from crossmodalmas.progress import progress_bar, progress_lines
-        with _Cancellation() as cancel:
-            if args.progress_lines:
-                return run_segment(args, progress_lines(), cancel)
-            with progress_bar() as report:
-                return run_segment(args, report, cancel)
+        return _run(args)
     except InputError as error:
         print(f"crossmodalmas: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

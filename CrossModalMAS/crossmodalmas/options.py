@@ -16,6 +16,10 @@ class FusionMethod(str, enum.Enum):
     LABEL_OVERLAP = "loa"
 
 
+# Default instance-optimisation iterations: refining a network's fields, and alone (per level).
+DEFAULT_REFINE = {"network": 0, "instance-opt": 60}
+
+
 class DeviceChoice(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
@@ -36,7 +40,12 @@ class SegmentOptions:
             the target's spacing and what keeps the region within ``max_working_voxels``.
         max_working_voxels: cap on the working grid's size (speed and memory bound).
         margin_mm: margin around the automatic region.
-        refine_iterations: instance-optimisation iterations per resolution level.
+        model: the registration network (a bundled model's name, or a path to a model entry
+            .json / a folder with models.json); None is the bundled default; "instance-opt"
+            uses no network (instance optimisation alone).
+        refine_iterations: instance-optimisation iterations: with a network, the refinement
+            from its fields (0: the network alone); without one, per resolution level. None
+            takes the engine's default (:data:`DEFAULT_REFINE`).
         regularisation: weight of the diffusion regulariser of the instance optimisation.
         seed: random seed (the pipeline is deterministic given it).
     """
@@ -48,13 +57,20 @@ class SegmentOptions:
     working_spacing_mm: Optional[float] = None
     max_working_voxels: int = 128 ** 3
     margin_mm: float = 10.0
-    refine_iterations: int = 60
+    model: Optional[str] = None
+    refine_iterations: Optional[int] = None
     regularisation: float = 0.01
     seed: int = 0
 
     def __post_init__(self):
         self.fusion = FusionMethod(self.fusion)
         self.device = DeviceChoice(self.device)
+        if self.refine_iterations is not None and self.refine_iterations < 0:
+            raise ValueError(f"SegmentOptions: 'refine_iterations' must be >= 0, got {self.refine_iterations}")
+
+    def refine_for(self, engine: str) -> int:
+        """The refinement iterations for ``engine`` ("network" or "instance-opt")."""
+        return DEFAULT_REFINE[engine] if self.refine_iterations is None else self.refine_iterations
 
     def to_dict(self) -> dict:
         out = asdict(self)

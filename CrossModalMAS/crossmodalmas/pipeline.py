@@ -17,12 +17,12 @@ from crossmodalmas import fusion as fusion_methods
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.features import mind_ssc
-from crossmodalmas.instance_opt import InstanceOptConfig, register
 from crossmodalmas.options import DeviceChoice, FusionMethod, SegmentOptions
 from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.preprocess import (affine_align, label_box_in_target, resample,
                                       resample_probabilities, robust_normalise, working_grid)
 from crossmodalmas.qc import atlas_qc
+from crossmodalmas.registration_engine import deformable_registration, load_registration_model
 from crossmodalmas.result import Result
 from crossmodalmas.selection import select_atlases
 from crossmodalmas.transforms import one_hot, warp
@@ -182,6 +182,7 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
         raise InputError("--fusion plf: the similarity network is not bundled yet; use mv, nlwv or loa")
     atlases = _validated(target, atlases)
     device = resolve_device(options.device)
+    model = load_registration_model(options.model, device)
     table = _label_table(atlases, run)
     run.step("affine", "affine alignment")
     transforms = _affine_all(target, atlases, options.seed, run)
@@ -192,17 +193,26 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
     order = select_atlases(target_w, images, options.select)
     kept, images, classes = [kept[i] for i in order], images[order], classes[order]
     coverage = [coverage[i] for i in order]
-    return _deform_and_fuse(target, grid, table, kept, images, classes, coverage, target_w, options, device, run)
+    return _deform_and_fuse(target, grid, table, kept, images, classes, coverage, target_w, options,
+                            device, model, run)
 
 
-def _deform_and_fuse(target, grid, table, kept, images, classes, coverage, target_w, options, device, run):
-    run.step("register", f"deformable registration of {len(kept)} atlases")
+def _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run):
+    engine = "instance-opt" if model is None else "network"
+    message = "instance optimisation" if model is None else f"registration network {model.name}"
+    run.step("register", f"{message}: {atlases_t.shape[0]} atlases")
+    return deformable_registration(
+        model, target_t, atlases_t, target_features, atlas_features, float(grid.spacing[0]),
+        options.refine_for(engine), options.regularisation,
+        progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn)
+
+
+def _deform_and_fuse(target, grid, table, kept, images, classes, coverage, target_w, options, device,
+                     model, run):
     target_t = torch.from_numpy(target_w)[None, None].to(device)
-    target_features = mind_ssc(target_t)
-    atlas_features = mind_ssc(torch.from_numpy(images)[:, None].to(device))
-    config = InstanceOptConfig(iterations=options.refine_iterations, regularisation=options.regularisation)
-    fields = register(target_features, atlas_features, config,
-                      progress=lambda f: run.report(f, "deformable registration"), cancel=run.cancelled)
+    atlases_t = torch.from_numpy(images)[:, None].to(device)
+    target_features, atlas_features = mind_ssc(target_t), mind_ssc(atlases_t)
+    fields = _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run)
     run.step("fuse", f"label fusion ({options.fusion.value})")
     with torch.no_grad():
         warped_features = warp(atlas_features, fields.forward)
@@ -210,7 +220,7 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, coverage, targe
                               fields.forward).argmax(1, keepdim=True)
         fused = fusion_methods.fuse(options.fusion, warped_classes, len(table),
                                     target_features=target_features, atlas_features=warped_features)
-        warped_images = warp(torch.from_numpy(images)[:, None].to(device), fields.forward)[:, 0]
+        warped_images = warp(atlases_t, fields.forward)[:, 0]
     qc = atlas_qc([a.name for a in kept], fields, atlas_features, warped_features, target_features,
                   warped_classes[:, 0], fused, coverage, grid.spacing_kji)
     run.step("output", "resampling to the target grid")
@@ -222,7 +232,8 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, coverage, targe
         warped_labels=table[warped_classes[:, 0].cpu().numpy()].astype(np.int32),
         weights=fused.weights.cpu().numpy().astype(np.float32),
         uncertainty=fused.uncertainty.cpu().numpy().astype(np.float32),
-        qc=qc, fusion=options.fusion, device=str(device), warnings=run.warnings)
+        qc=qc, fusion=options.fusion, device=str(device), warnings=run.warnings,
+        registration=model.name if model is not None else "instance-opt")
     run.finish()
     result.timings = run.timings
     return result

@@ -52,6 +52,7 @@ class Result:
         qc: per-atlas quality figures.
         fusion: the fusion method used.
         device: the torch device the run used.
+        registration: the registration network's model name, or "instance-opt".
         timings: seconds per step.
         warnings: what was dropped or adjusted, in words.
     """
@@ -67,6 +68,7 @@ class Result:
     qc: list[AtlasQC]
     fusion: FusionMethod
     device: str
+    registration: str = "instance-opt"
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -94,6 +96,7 @@ class Result:
         return {
             "fusion": self.fusion.value,
             "device": self.device,
+            "registration": self.registration,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "working_grid": {"shape_kji": list(self.working_grid.shape),
                              "spacing_mm": [round(float(s), 4) for s in self.working_grid.spacing]},

@@ -42,9 +42,7 @@ def _check_output(output: Path, inputs: list[Path], flag: str = "--output") -> N
 
 
 def options_from_args(args) -> SegmentOptions:
-    if args.model not in ("instance-opt",):
-        raise InputError(f"--model {args.model}: no such model (available: instance-opt)")
-    return SegmentOptions(fusion=args.fusion, select=args.select, roi_ras=tuple(args.roi) if args.roi else None,
+    return SegmentOptions(model=args.model, fusion=args.fusion, select=args.select, roi_ras=tuple(args.roi) if args.roi else None,
                           device=args.device, refine_iterations=args.refine)
 
 

@@ -1,0 +1,134 @@
+"""The pipeline's deformable step: the consistent registration network, then (on request)
+instance optimisation from its fields; or instance optimisation alone.
+
+The network runs on a grid no larger than its model entry's ``working_grid`` (the scale it
+was trained at: anatomy filling a grid of about that many voxels), and its fields are
+resampled to the pipeline's working grid; refinement then works at the working grid's own
+resolution. All atlases go through the network as one batch; on CUDA out-of-memory the
+batch is halved until it fits, then the CPU is used, and the run says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from crossmodalmas.instance_opt import InstanceOptConfig, RegistrationFields, register
+from crossmodalmas.models import ModelEntry, find_model, load_network
+from crossmodalmas.nets.registration_net import PredictedFields
+from crossmodalmas.transforms import resize_flow
+
+INSTANCE_OPTIMISATION = "instance-opt"  # --model value that skips the network
+
+
+@dataclass
+class RegistrationModel:
+    """A loaded registration network and the entry it came from."""
+
+    entry: ModelEntry
+    net: torch.nn.Module
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+def load_registration_model(name_or_path: Optional[str], device: torch.device) -> Optional[RegistrationModel]:
+    """The network ``--model`` names (None: the bundled default); None for ``instance-opt``.
+
+    Raises:
+        InputError: unknown model, missing or damaged weights (see :mod:`crossmodalmas.models`).
+    """
+    if name_or_path == INSTANCE_OPTIMISATION:
+        return None
+    entry = find_model(name_or_path, "registration")
+    return RegistrationModel(entry, load_network(entry, device=device))
+
+
+def network_shape(shape, spacing_mm: float, entry: ModelEntry) -> tuple[int, ...]:
+    """The grid the network runs on: the working grid's extent at the coarser of the
+    entry's ``spacing_mm`` and the spacing that keeps it within ``max_voxels``."""
+    extent = np.asarray(shape, dtype=float) * spacing_mm
+    fit = (float(np.prod(extent)) / entry.working_grid["max_voxels"]) ** (1 / 3)
+    spacing = max(entry.working_grid["spacing_mm"], spacing_mm, fit)
+    return tuple(int(max(8, round(e / spacing))) for e in extent)
+
+
+def _predict_batches(net, atlases: torch.Tensor, target: torch.Tensor, batch: int) -> list[PredictedFields]:
+    out = []
+    with torch.inference_mode():
+        for start in range(0, atlases.shape[0], batch):
+            chunk = atlases[start:start + batch]
+            out.append(net.predict(chunk, target.expand(chunk.shape[0], -1, -1, -1, -1)))
+    return out
+
+
+def _predict(model: RegistrationModel, atlases: torch.Tensor, target: torch.Tensor,
+             warn: Callable[[str], None]) -> PredictedFields:
+    """One pass for every atlas, batched; smaller batches, then the CPU, on CUDA OOM."""
+    batch = atlases.shape[0]
+    while True:
+        try:
+            parts = _predict_batches(model.net, atlases, target, batch)
+            break
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if batch > 1:
+                batch //= 2
+                warn(f"registration network: CUDA out of memory; retrying {batch} atlas(es) at a time")
+                continue
+            warn("registration network: CUDA out of memory with one atlas; running on the CPU")
+            model.net.to("cpu")
+            return _predict(model, atlases.cpu(), target.cpu(), warn)
+    joined = [torch.cat(f) if f[0] is not None else None
+              for f in zip(*[(p.forward, p.backward, p.velocity) for p in parts])]
+    return PredictedFields(*joined)
+
+
+def network_fields(model: RegistrationModel, target: torch.Tensor, atlases: torch.Tensor,
+                   spacing_mm: float, warn: Callable[[str], None]) -> PredictedFields:
+    """The network's fields for every atlas, on the working grid (voxels of it).
+
+    Args:
+        model: the loaded network.
+        target: ``(1, 1, D, H, W)`` normalised target on the working grid.
+        atlases: ``(N, 1, D, H, W)`` normalised, affinely aligned atlases on the same grid.
+        spacing_mm: the working grid's isotropic spacing.
+        warn: called with a message when the run had to fall back (OOM).
+    """
+    shape = tuple(target.shape[2:])
+    small = network_shape(shape, spacing_mm, model.entry)
+    device = next(model.net.parameters()).device
+    resize = (lambda x: F.interpolate(x, size=small, mode="trilinear", align_corners=True)) \
+        if small != shape else (lambda x: x)
+    fields = _predict(model, resize(atlases).to(device), resize(target).to(device), warn)
+    to_working = (lambda f: None if f is None else resize_flow(f.to(target.device), shape))
+    return PredictedFields(*(to_working(f) for f in (fields.forward, fields.backward, fields.velocity)))
+
+
+def deformable_registration(model: Optional[RegistrationModel], target_image, atlas_images,
+                            target_features, atlas_features, spacing_mm: float,
+                            refine_iterations: int, regularisation: float,
+                            progress: Callable[[float], None], cancel: Callable[[], bool],
+                            warn: Callable[[str], None]) -> RegistrationFields:
+    """U and V of every atlas on the working grid.
+
+    With a network: one pass, then ``refine_iterations`` of instance optimisation at the
+    finest level started from the network's velocity (in paper mode, from U: for a smooth
+    field exp(v) ~ id + v to first order). Without one: instance optimisation, coarse to fine.
+    """
+    if model is None:
+        config = InstanceOptConfig(iterations=refine_iterations, regularisation=regularisation)
+        return register(target_features, atlas_features, config, progress=progress, cancel=cancel)
+    fields = network_fields(model, target_image, atlas_images, spacing_mm, warn)
+    progress(1.0 if refine_iterations == 0 else 0.2)
+    if refine_iterations == 0:
+        return RegistrationFields(forward=fields.forward, backward=fields.backward)
+    start = fields.velocity if fields.velocity is not None else fields.forward
+    config = InstanceOptConfig(levels=(2,), iterations=refine_iterations, regularisation=regularisation)
+    return register(target_features, atlas_features, config, initial_velocity=start,
+                    progress=lambda f: progress(0.2 + 0.8 * f), cancel=cancel)

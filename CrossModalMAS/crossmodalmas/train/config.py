@@ -1,0 +1,111 @@
+"""The typed configuration of a registration training run, saved beside its checkpoints."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+from crossmodalmas.errors import InputError
+from crossmodalmas.nets.registration_net import RegistrationNetConfig
+from crossmodalmas.synth import SynthConfig
+
+
+class LossKind(str, enum.Enum):
+    """``consistent``: seed 000 eq. 5 (symmetric Dice + smoothness + invertibility).
+    ``label_constrained``: seed 004 eq. 1 (NCC + Dice + smoothness on U; the OASIS variant)."""
+
+    CONSISTENT = "consistent"
+    LABEL_CONSTRAINED = "label_constrained"
+
+
+@dataclass
+class TrainRegistrationConfig:
+    """Everything a registration training run depends on.
+
+    Attributes:
+        name: the model's name in its ``models.json`` entry.
+        sources: label-map sources (:class:`crossmodalmas.label_sources.LabelSource` values).
+        data_root: folder holding ``labelmaps/`` (for the brain and prostate sources).
+        shape: training grid (D, H, W); pairs are drawn at this size.
+        batch_size, steps, learning_rate: the optimisation. Adam at 1e-4: seed 004 used
+            1e-5 at batch 16 on a GPU; a larger step suits the small batches trained here.
+        loss: which of the papers' losses.
+        lambda_smooth, lambda_inverse: seed 000's lambda1 and lambda2 (0.3, 0.2).
+        alpha, beta, gamma: seed 004's weights (1, 1, 0.01).
+        max_loss_labels: Dice over at most this many random foreground labels per step (the
+            brain maps have ~50; all of them would make every warp 50 channels wide).
+        validate_every: steps between validations on held-out synthetic pairs.
+        validation_pairs: how many held-out pairs (fixed for the whole run).
+        checkpoint_minutes: wall-clock minutes between checkpoints.
+        seed: seeds everything random in the run.
+        device: "auto", "cpu" or "cuda"; mixed precision (bfloat16) is used on CUDA.
+        threads: CPU threads for torch (None: torch's default).
+        finest_spacing_mm: the model entry's ``working_grid.spacing_mm``: the network never
+            runs on a grid finer than this (it runs at the training grid's size otherwise).
+        net, synth: the architecture and the synthetic-pair ranges.
+    """
+
+    name: str = "xmod-general"
+    sources: tuple = ("brain", "prostate", "heart", "shapes")
+    data_root: Optional[str] = None
+    shape: tuple = (64, 64, 64)
+    batch_size: int = 1
+    steps: int = 2000
+    learning_rate: float = 1e-4
+    loss: LossKind = LossKind.CONSISTENT
+    lambda_smooth: float = 0.3
+    lambda_inverse: float = 0.2
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 0.01
+    max_loss_labels: int = 16
+    validate_every: int = 100
+    validation_pairs: int = 8
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None
+    finest_spacing_mm: float = 1.0
+    net: RegistrationNetConfig = field(default_factory=RegistrationNetConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def __post_init__(self):
+        self.loss = LossKind(self.loss)
+        self.sources = tuple(self.sources)
+        self.shape = tuple(int(s) for s in self.shape)
+        if isinstance(self.net, dict):
+            self.net = RegistrationNetConfig(**self.net)
+        if isinstance(self.synth, dict):
+            self.synth = SynthConfig(**self.synth)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(loss=self.loss.value, sources=list(self.sources), shape=list(self.shape),
+                   net=self.net.to_dict(), synth=self.synth.to_dict())
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict, origin: str = "config") -> "TrainRegistrationConfig":
+        """Build from a dict; unknown keys are an error (a typo must not pass silently)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"{origin}: unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{origin}: {error}") from error
+
+    @classmethod
+    def from_json(cls, path: Path) -> "TrainRegistrationConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"--config {path}: cannot read it as JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise InputError(f"--config {path}: must hold a JSON object")
+        return cls.from_dict(values, origin=f"--config {path}")
