@@ -290,7 +290,7 @@ def test_atlas_dir_without_pairs(cli, tiny_case, tmp_path):
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--select", "0", r"argument --select: must be a positive integer, got 0"),
-    ("--refine", "-3", r"argument --refine: must be a positive integer, got -3"),
+    ("--refine", "-3", r"argument --refine: must be an integer >= 0, got -3"),
     ("--fusion", "best", r"argument --fusion: invalid choice: 'best'"),
 ])
 def test_bad_option_values_are_usage_errors(cli, capsys, tiny_case, tmp_path, flag, value, message):

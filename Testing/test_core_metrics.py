@@ -143,3 +143,19 @@ def test_field_metric_errors():
         inverse_consistency_mm(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 4, 4), (1, 1, 1))
     with pytest.raises(ValueError, match=r"inverse_consistency_mm\(\): 'spacing_kji' must be 3 positive finite numbers"):
         inverse_consistency_mm(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4), (1, 1))
+
+
+def test_sd_log_jacobian_is_zero_for_translations_and_grows_with_roughness():
+    from crossmodalmas.metrics import sd_log_jacobian
+
+    shift = torch.ones(1, 3, 8, 8, 8) * 2.5
+    assert sd_log_jacobian(shift) == pytest.approx(0.0, abs=1e-6)
+    rough = torch.randn(1, 3, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert sd_log_jacobian(rough) > sd_log_jacobian(0.1 * rough) > 0.0
+
+
+def test_sd_log_jacobian_refuses_a_bad_field():
+    from crossmodalmas.metrics import sd_log_jacobian
+
+    with pytest.raises(ValueError, match=r"sd_log_jacobian\(\): 'flow' must be \(N, 3, D, H, W\)"):
+        sd_log_jacobian(torch.zeros(1, 2, 8, 8, 8))

@@ -101,3 +101,21 @@ def test_bad_inputs_are_refused(atlas, target, message):
     net = ConsistentRegistrationNet(**SMALL)
     with pytest.raises(ValueError, match=r"ConsistentRegistrationNet.forward\(\): " + message):
         net(atlas, target)
+
+
+def test_correlation_prior_recovers_a_translation_before_any_training():
+    torch.manual_seed(0)
+    net = ConsistentRegistrationNet(channels=(4, 8, 8), output_level=0, input_downsample=1,
+                                    correlation_radius=3, input_features="mind_ssc")
+    with torch.no_grad():
+        net.log_temperature.fill_(-3.0)  # near hard arg-min
+    g = torch.Generator().manual_seed(1)
+    blob = torch.nn.functional.avg_pool3d(torch.rand((1, 1, 40, 40, 40), generator=g), 5, 1, 2)
+    atlas = blob[..., 4:36, 4:36, 4:36]
+    target = blob[..., 0:32, 4:36, 8:40]  # target(x) = atlas(x + (-4, 0, 4))
+    with torch.no_grad():
+        fields = net.predict(atlas, target)
+    inner = fields.forward[..., 8:-8, 8:-8, 8:-8].mean(dim=(2, 3, 4))[0]
+    assert torch.allclose(inner, torch.tensor([-4.0, 0.0, 4.0]), atol=1.0)
+    assert len(net.state_dict()) == len(ConsistentRegistrationNet(
+        channels=(4, 8, 8), output_level=0, input_downsample=1, correlation_radius=3).state_dict())

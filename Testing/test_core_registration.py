@@ -1,5 +1,6 @@
 """MIND-SSC features and the instance optimisation: modality independence, recovery of a known shift."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,20 @@ def test_error_messages():
         register(torch.zeros(2, 12, 8, 8, 8), torch.zeros(2, 12, 8, 8, 8))
     with pytest.raises(ValueError, match=r"register\(\): 'atlas_features' must be \(N, 12, 8, 8, 8\), got \(1, 12, 8, 8, 9\)"):
         register(torch.zeros(1, 12, 8, 8, 8), torch.zeros(1, 12, 8, 8, 9))
+
+
+def test_affine_align_falls_back_to_the_centres_when_every_start_fails(monkeypatch):
+    import SimpleITK as sitk
+
+    from crossmodalmas import preprocess
+    from crossmodalmas.volume import Volume
+
+    def fail(*args):
+        raise RuntimeError("All samples map outside moving image buffer")
+
+    monkeypatch.setattr(preprocess, "_affine_from", fail)
+    image = Volume(np.random.default_rng(0).random((12, 12, 12), dtype=np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    moved = Volume(image.array.copy(), image.ijk_to_ras @ np.array([[1, 0, 0, 3], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
+    transform = preprocess.affine_align(image, moved)
+    point = transform.TransformPoint((0.0, 0.0, 0.0))
+    assert np.allclose(np.linalg.norm(point), 6.0, atol=1e-6)  # the centres, 3 voxels of 2 mm apart

@@ -39,7 +39,7 @@ def test_same_seed_same_pair_and_other_seed_differs():
 
 def test_zero_ranges_give_identity_deformation():
     still = SynthConfig(velocity_std=0.0, rotation_deg=0.0, scaling=0.0, shear=0.0, translation=0.0)
-    field = random_deformation(2, (16, 16, 16), still, _generator())
+    field = random_deformation(2, (16, 16, 16), still, _generator()).displacement()
     assert field.abs().max() < 1e-4
     pair = synth_pair(_blocks(16), 27, still, _generator())
     assert torch.equal(pair.labels_a[0, 0], _blocks(16)[0])
@@ -83,3 +83,24 @@ def test_same_contrast_shares_the_lookup():
 def test_bad_labels_are_refused(labels, k, message):
     with pytest.raises(ValueError, match=r"synth_pair\(\): " + message):
         synth_pair(labels, k, SynthConfig(), _generator())
+
+
+def test_true_fields_map_one_labelled_image_onto_the_other():
+    from crossmodalmas.transforms import warp
+    from crossmodalmas.train.validation import mean_dice
+
+    pair = synth_pair(_blocks(24, n=2), 27, SynthConfig(velocity_std=2.0), _generator(7))
+    for moving, fixed, field in ((pair.labels_a, pair.labels_b, pair.forward),
+                                 (pair.labels_b, pair.labels_a, pair.backward)):
+        before = mean_dice(moving[:1], fixed[:1], 27)
+        after = mean_dice(warp(moving.float(), field, mode="nearest")[:1].long(), fixed[:1], 27)
+        assert after > 0.9 and after > before + 0.05
+
+
+def test_deformation_inverse_points_undo_points():
+    deformation = random_deformation(1, (24, 24, 24), SynthConfig(velocity_std=2.0), _generator(2))
+    back = deformation.inverse_points(deformation.points())
+    from crossmodalmas.transforms import identity_grid
+
+    inner = (back - identity_grid((24, 24, 24)))[..., 6:-6, 6:-6, 6:-6]
+    assert inner.abs().max() < 0.3

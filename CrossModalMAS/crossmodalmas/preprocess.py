@@ -161,7 +161,8 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform
 
     Two starts, moments and image centres (moments alone fail where the two fields of view
     hold different amounts of body), each a rigid then an affine stage, multi-resolution;
-    the start with the better final metric wins. All on copies resampled to ~4 mm (the
+    the start with the better final metric wins; a start ITK gives up on is skipped, and if
+    both fail the image centres are aligned. All on copies resampled to ~4 mm (the
     affine has 12 parameters; finer voxels add time, not accuracy). Mutual information
     makes it modality-robust.
 
@@ -175,7 +176,15 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform
     """
     fixed, moving = _downsampled(target), _downsampled(atlas)
     starts = (sitk.CenteredTransformInitializerFilter.MOMENTS, sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    candidates = [_affine_from(fixed, moving, start, seed) for start in starts]
+    candidates = []
+    for start in starts:
+        try:
+            candidates.append(_affine_from(fixed, moving, start, seed))
+        except RuntimeError:  # ITK gave up (e.g. every sample mapped outside the atlas): next start
+            continue
+    if not candidates:  # no start converged: the image centres aligned, which never fails
+        return sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                                 sitk.CenteredTransformInitializerFilter.GEOMETRY)
     return min(candidates, key=lambda candidate: candidate[1])[0]
 
 

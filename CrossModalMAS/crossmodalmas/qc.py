@@ -8,7 +8,7 @@ import torch
 
 from crossmodalmas.fusion import Fused
 from crossmodalmas.instance_opt import RegistrationFields
-from crossmodalmas.metrics import folding_percent, inverse_consistency_mm
+from crossmodalmas.metrics import folding_percent, inverse_consistency_mm, sd_log_jacobian
 from crossmodalmas.result import AtlasQC
 
 
@@ -61,6 +61,7 @@ def atlas_qc(names: Sequence[str], fields: RegistrationFields, atlas_features: t
             weight_share=shares[i],
             agreement=multiclass_dice(warped_classes[i], fused_labels, num_classes),
             folding_percent=folding_percent(fields.forward[i:i + 1]),
+            sd_log_jacobian=sd_log_jacobian(fields.forward[i:i + 1]),
             inverse_consistency_mm=inverse_consistency_mm(fields.forward[i:i + 1], fields.backward[i:i + 1], spacing_kji),
             similarity_before=float(before[i]),
             similarity_after=float(after[i]),

@@ -20,6 +20,7 @@ class AtlasQC:
             (or over the region when they all agree), in [0, 1].
         agreement: Dice between the atlas's warped labels and the fused result (foreground).
         folding_percent: % of voxels where the forward field's Jacobian determinant is <= 0.
+        sd_log_jacobian: Learn2Reg's SDlogJ of the forward field (smaller is smoother).
         inverse_consistency_mm: mean ``|U(x) + V(x + U(x))|`` in mm.
         similarity_before: MIND-SSC similarity to the target after affine only, in [0, 1].
         similarity_after: the same after the deformable step.
@@ -30,6 +31,7 @@ class AtlasQC:
     weight_share: float
     agreement: float
     folding_percent: float
+    sd_log_jacobian: float
     inverse_consistency_mm: float
     similarity_before: float
     similarity_after: float

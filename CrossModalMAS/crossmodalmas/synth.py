@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from crossmodalmas.transforms import identity_grid, integrate_velocity, resize_flow, warp
+from crossmodalmas.transforms import identity_grid, integrate_velocity, resize_flow, sample_at, warp
 
 
 @dataclass
@@ -44,24 +44,26 @@ class SynthConfig:
         resolution_loss: maximum slab thickness factor along one random axis.
         gamma_std: std of the log of the gamma exponent.
         noise_std: maximum additive noise after normalisation.
-        dark_background: probability that label 0 is dark (air) rather than random.
+        dark_background: probability that label 0 is dark (air, as in CT and MR) rather than
+            random (kept for robustness; mostly dark, since the affine pre-alignment relies
+            on the body standing out from the air).
         same_contrast: draw one contrast for both images (same-modality pairs, OASIS).
     """
 
     velocity_std: float = 3.0
     velocity_coarse: int = 8
     integration_steps: int = 6
-    rotation_deg: float = 8.0
-    scaling: float = 0.08
-    shear: float = 0.03
-    translation: float = 0.04
+    rotation_deg: float = 5.0
+    scaling: float = 0.05
+    shear: float = 0.02
+    translation: float = 0.03
     intensity_std: float = 0.15
     bias_std: float = 0.3
     blur_sigma: float = 1.0
     resolution_loss: float = 3.0
     gamma_std: float = 0.25
     noise_std: float = 0.05
-    dark_background: float = 0.5
+    dark_background: float = 0.9
     same_contrast: bool = False
 
     def to_dict(self) -> dict:
@@ -70,12 +72,16 @@ class SynthConfig:
 
 @dataclass
 class SynthPair:
-    """A labelled pair: images ``(N, 1, D, H, W)`` float in [0, 1], labels int64 alike."""
+    """A labelled pair: images ``(N, 1, D, H, W)`` float in [0, 1], labels int64 alike, and the
+    true fields between them (``forward``: U with ``warp(a, U) = b``; ``backward``: V with
+    ``warp(b, V) = a``), ``(N, 3, D, H, W)`` in voxels."""
 
     image_a: torch.Tensor
     labels_a: torch.Tensor
     image_b: torch.Tensor
     labels_b: torch.Tensor
+    forward: torch.Tensor
+    backward: torch.Tensor
 
 
 def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
@@ -124,15 +130,61 @@ def random_affine(n: int, shape, config: SynthConfig, generator, device=None):
     return rotation @ scaling @ shear, draw(3, config.translation) * sizes
 
 
-def random_deformation(n: int, shape, config: SynthConfig, generator, device=None) -> torch.Tensor:
-    """Displacement ``(n, 3, D, H, W)`` in voxels of ``exp(v)`` followed by a random affine."""
+@dataclass
+class Deformation:
+    """A random deformation ``phi(x) = affine(x + svf(x))`` (pull-back, voxels (k, j, i)).
+
+    Attributes:
+        svf: ``(n, 3, D, H, W)`` displacement of ``exp(v)``.
+        svf_inverse: ``(n, 3, D, H, W)`` displacement of ``exp(-v)``, its inverse.
+        matrix, offset: the affine part (:func:`random_affine`).
+    """
+
+    svf: torch.Tensor
+    svf_inverse: torch.Tensor
+    matrix: torch.Tensor
+    offset: torch.Tensor
+
+    def _centre(self) -> torch.Tensor:
+        shape = self.svf.shape[2:]
+        return ((torch.tensor(shape, dtype=torch.float32, device=self.svf.device) - 1) / 2).view(1, 3, 1, 1, 1)
+
+    def points(self) -> torch.Tensor:
+        """``phi(x)`` at every voxel ``x``: ``(n, 3, D, H, W)`` coordinates."""
+        shape, n = self.svf.shape[2:], self.svf.shape[0]
+        centre = self._centre()
+        moved = torch.einsum("nij,njdhw->nidhw", self.matrix,
+                             identity_grid(shape, self.svf.device) + self.svf - centre)
+        return moved + centre + self.offset.view(n, 3, 1, 1, 1)
+
+    def displacement(self) -> torch.Tensor:
+        return self.points() - identity_grid(self.svf.shape[2:], self.svf.device)
+
+    def inverse_points(self, points: torch.Tensor) -> torch.Tensor:
+        """``phi^-1(p)`` for coordinates ``p`` ``(n, 3, d, h, w)``: undo the affine, then
+        ``exp(-v)`` sampled there."""
+        n, centre = points.shape[0], self._centre()
+        shifted = points - centre - self.offset.view(n, 3, 1, 1, 1)
+        q = torch.einsum("nij,njdhw->nidhw", torch.linalg.inv(self.matrix), shifted) + centre
+        return q + sample_at(self.svf_inverse, q, padding_mode="border")
+
+
+def random_deformation(n: int, shape, config: SynthConfig, generator, device=None) -> Deformation:
+    """``exp(v)`` followed by a random affine, with everything needed to invert it."""
     velocity = random_velocity(n, shape, config, generator, device)
-    svf = resize_flow(integrate_velocity(velocity, config.integration_steps), shape)
+    steps = config.integration_steps
+    svf = resize_flow(integrate_velocity(velocity, steps), shape)
+    svf_inverse = resize_flow(integrate_velocity(-velocity, steps), shape)
     matrix, offset = random_affine(n, shape, config, generator, device)
-    centre = (torch.tensor(shape, dtype=torch.float32, device=device) - 1) / 2
-    points = identity_grid(shape, device) + svf - centre.view(1, 3, 1, 1, 1)
-    moved = torch.einsum("nij,njdhw->nidhw", matrix, points)
-    return moved + (centre + offset).view(n, 3, 1, 1, 1) - identity_grid(shape, device)
+    return Deformation(svf, svf_inverse, matrix, offset)
+
+
+def true_correspondence(to_atlas: Deformation, to_target: Deformation) -> torch.Tensor:
+    """The displacement U with ``warp(atlas, U) = target`` for a pair drawn from one label map:
+    ``U(x) = phi_a^-1(phi_b(x)) - x`` on the target grid (voxels, (k, j, i)). Swap the
+    arguments for V. Exact up to the interpolation of ``exp(-v)``."""
+    points = to_target.points()
+    return to_atlas.inverse_points(points) - identity_grid(points.shape[2:], points.device)
 
 
 def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -249,9 +301,10 @@ def synth_pair(labels: torch.Tensor, num_labels: int, config: SynthConfig,
     source = labels.unsqueeze(1).float()
     lookup_a = random_lookup(n, num_labels, config, generator, device)
     lookup_b = lookup_a if config.same_contrast else random_lookup(n, num_labels, config, generator, device)
-    out = []
+    out, deformations = [], []
     for lookup in (lookup_a, lookup_b):
-        field = random_deformation(n, shape, config, generator, device)
-        warped = warp(source, field, mode="nearest", padding_mode="zeros").long()
+        deformation = random_deformation(n, shape, config, generator, device)
+        warped = warp(source, deformation.displacement(), mode="nearest", padding_mode="zeros").long()
         out += [render(warped, lookup, config, generator), warped]
-    return SynthPair(*out)
+        deformations.append(deformation)
+    return SynthPair(*out, true_correspondence(*deformations), true_correspondence(*deformations[::-1]))

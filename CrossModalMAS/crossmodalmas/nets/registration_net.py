@@ -29,11 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import math
+
 from crossmodalmas.features import mind_ssc
+from crossmodalmas.nets.correlation import cost_volume, soft_argmin
 from crossmodalmas.nets.unet import UNet3d
 from crossmodalmas.transforms import integrate_velocity, resize_flow
 
-_HEAD_INIT_STD = 1e-5  # flow heads start near zero: the network starts at the identity
+_HEAD_INIT_STD = 1e-5  # flow heads start near zero: the network starts at the identity (or the prior)
+_INITIAL_TEMPERATURE = 0.3  # of the soft arg-min, in units of the per-voxel cost spread
 
 
 class FieldMode(str, enum.Enum):
@@ -52,7 +56,13 @@ class InputFeatures(str, enum.Enum):
 
 @dataclass
 class RegistrationNetConfig:
-    """Architecture arguments (what ``models.json`` stores under ``arguments``)."""
+    """Architecture arguments (what ``models.json`` stores under ``arguments``).
+
+    ``correlation_radius`` > 0 adds the correlation front end (:mod:`.correlation`): MIND-SSC
+    cost volumes both ways at half the U-Net's input resolution, searched within that many
+    voxels; their soft arg-min displacements are extra U-Net inputs and the fields' starting
+    point, which the heads correct.
+    """
 
     mode: FieldMode = FieldMode.DIFFEOMORPHIC
     input_features: InputFeatures = InputFeatures.IMAGE
@@ -60,6 +70,7 @@ class RegistrationNetConfig:
     output_level: int = 1
     input_downsample: int = 2
     integration_steps: int = 7
+    correlation_radius: int = 0
 
     def __post_init__(self):
         self.mode = FieldMode(self.mode)
@@ -117,24 +128,44 @@ class ConsistentRegistrationNet(nn.Module):
         super().__init__()
         self.config = RegistrationNetConfig(**arguments)
         per_image = 12 if self.config.input_features is InputFeatures.MIND_SSC else 1
-        self.backbone = UNet3d(2 * per_image, self.config.channels, self.config.output_level)
+        prior_channels = 6 if self.config.correlation_radius > 0 else 0
+        self.backbone = UNet3d(2 * per_image + prior_channels, self.config.channels, self.config.output_level)
         heads = 2 if self.config.mode is FieldMode.PAPER else 1
         self.heads = nn.ModuleList([_head(self.backbone.out_channels) for _ in range(heads)])
+        if prior_channels:
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(_INITIAL_TEMPERATURE)))
 
     @property
     def stride(self) -> int:
         """Input sizes that are multiples of this need no padding."""
         return self.backbone.stride * self.config.input_downsample
 
-    def _inputs(self, atlas: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _prior(self, atlas_mind: torch.Tensor, target_mind: torch.Tensor) -> list[torch.Tensor]:
+        """Soft arg-min displacements (U, V) from the cost volumes, on the descriptors' grid."""
+        radius = self.config.correlation_radius
+        atlas_small, target_small = F.avg_pool3d(atlas_mind, 2), F.avg_pool3d(target_mind, 2)
+        temperature = self.log_temperature.exp()
+        fields = [soft_argmin(cost_volume(target_small, atlas_small, radius), radius, temperature),
+                  soft_argmin(cost_volume(atlas_small, target_small, radius), radius, temperature)]
+        return [resize_flow(f, atlas_mind.shape[2:]) for f in fields]
+
+    def _inputs(self, atlas: torch.Tensor, target: torch.Tensor):
+        """The U-Net's input and the prior fields (or None), at the U-Net's input grid."""
         atlas = atlas.expand(target.shape[0], -1, -1, -1, -1)
         pair = torch.cat([atlas, target], dim=0)
         if self.config.input_downsample > 1:
             pair = F.avg_pool3d(pair, self.config.input_downsample)
+        mind = self.config.input_features is InputFeatures.MIND_SSC or self.config.correlation_radius > 0
+        descriptors = mind_ssc(pair) if mind else None
         if self.config.input_features is InputFeatures.MIND_SSC:
-            pair = mind_ssc(pair)
+            pair = descriptors
         atlas_in, target_in = pair.chunk(2, dim=0)
-        return torch.cat([atlas_in, target_in], dim=1)
+        inputs = [atlas_in, target_in]
+        prior = None
+        if self.config.correlation_radius > 0:
+            prior = self._prior(*descriptors.chunk(2, dim=0))
+            inputs += prior
+        return torch.cat(inputs, dim=1), prior
 
     def _padded(self, tensor: torch.Tensor) -> torch.Tensor:
         pads = [(-s) % self.stride for s in tensor.shape[2:]]
@@ -142,10 +173,15 @@ class ConsistentRegistrationNet(nn.Module):
             return tensor
         return F.pad(tensor, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
 
-    def _fields(self, features: torch.Tensor) -> list[torch.Tensor]:
+    def _fields(self, features: torch.Tensor, prior) -> list[torch.Tensor]:
+        heads = [head(features) for head in self.heads]
+        if prior is not None:
+            prior = [resize_flow(f, features.shape[2:]) for f in prior]
         if self.config.mode is FieldMode.PAPER:
-            return [self.heads[0](features), self.heads[1](features)]
-        velocity = self.heads[0](features)
+            return heads if prior is None else [heads[0] + prior[0], heads[1] + prior[1]]
+        velocity = heads[0]
+        if prior is not None:  # for a smooth field exp(v) ~ id + v: start from the symmetric mean
+            velocity = velocity + 0.5 * (prior[0] - prior[1])
         steps = self.config.integration_steps
         return [integrate_velocity(velocity, steps), integrate_velocity(-velocity, steps), velocity]
 
@@ -163,10 +199,11 @@ class ConsistentRegistrationNet(nn.Module):
         """
         _check_pair(atlas, target)
         shape = target.shape[2:]
-        features = self.backbone(self._inputs(self._padded(atlas), self._padded(target)))
+        inputs, prior = self._inputs(self._padded(atlas), self._padded(target))
+        features = self.backbone(inputs)
         padded = [s + (-s) % self.stride for s in shape]
         crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in shape)
-        fields = [resize_flow(f, padded)[crop] for f in self._fields(features)]
+        fields = [resize_flow(f, padded)[crop] for f in self._fields(features, prior)]
         return PredictedFields(*fields)
 
     def forward(self, atlas: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,4 +214,5 @@ class ConsistentRegistrationNet(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return (f"mode={c.mode.value}, input_features={c.input_features.value}, "
-                f"input_downsample={c.input_downsample}, output_level={c.output_level}")
+                f"input_downsample={c.input_downsample}, output_level={c.output_level}, "
+                f"correlation_radius={c.correlation_radius}")

@@ -32,7 +32,7 @@ from crossmodalmas.transforms import one_hot, warp
 
 ARCHITECTURE = "consistent-registration-net"
 _LOG_EVERY = 10
-_COLUMNS = ["step", "seconds", "loss", "dice", "smoothness", "invertibility", "similarity",
+_COLUMNS = ["step", "seconds", "loss", "dice", "smoothness", "invertibility", "similarity", "end_point_error",
             "val_dice_before", "val_dice", "val_folding_percent"]
 
 
@@ -57,7 +57,7 @@ def _loss_labels(labels_a, labels_b, max_labels: int, generator):
     return table[labels_a], table[labels_b], foreground.numel() + 1
 
 
-def _loss_terms(config: TrainRegistrationConfig, pair, forward, backward, generator) -> dict:
+def _papers_loss(config: TrainRegistrationConfig, pair, forward, backward, generator) -> dict:
     labels_a, labels_b, k = _loss_labels(pair.labels_a, pair.labels_b, config.max_loss_labels, generator)
     onehot_a, onehot_b = one_hot(labels_a, k), one_hot(labels_b, k)
     if config.loss is LossKind.CONSISTENT:
@@ -67,6 +67,17 @@ def _loss_terms(config: TrainRegistrationConfig, pair, forward, backward, genera
     return label_constrained_loss(warp(pair.image_a, forward), pair.image_b,
                                   warp(onehot_a, forward), onehot_b, forward,
                                   alpha=config.alpha, beta=config.beta, gamma=config.gamma)
+
+
+def _loss_terms(config: TrainRegistrationConfig, pair, forward, backward, generator) -> dict:
+    """The papers' loss plus, where configured, the supervised end-point term (see the config)."""
+    terms = _papers_loss(config, pair, forward, backward, generator)
+    if config.lambda_supervised > 0:
+        error = ((forward - pair.forward).norm(dim=1).mean()
+                 + (backward - pair.backward).norm(dim=1).mean())
+        terms["end_point_error"] = error
+        terms["total"] = terms["total"] + config.lambda_supervised * error
+    return terms
 
 
 class _Run:
