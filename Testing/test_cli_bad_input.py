@@ -261,7 +261,7 @@ def test_device_cuda_without_cuda(cli, tiny_case, tmp_path):
 
 def test_unknown_model(cli, tiny_case, tmp_path):
     run = segment(cli, tiny_case.target, tiny_case.atlases, tmp_path / "seg.nii.gz", "--model", "nosuch")
-    assert_refused(run, r"--model nosuch: no such model")
+    assert_refused(run, r"--model nosuch: no such registration model \(available: ")
 
 
 def test_no_atlas_at_all(cli, tiny_case, tmp_path):

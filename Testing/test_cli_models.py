@@ -16,20 +16,11 @@ import pytest
 
 from conftest import CliRun, run_process
 from crossmodalmas.errors import InputError
-from crossmodalmas.models import add_to_manifest, read_manifest
+from crossmodalmas.models import read_manifest
 from crossmodalmas.models_command import add_models_parser, run_models
-from test_core_models import make_model
+from test_core_models import models_dir  # noqa: F401  (the shared manifest fixture)
 
 ROW = re.compile(r"^(\S+)\s+(registration|similarity)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\*?)\s*(\S+)\s+(\S+)$")
-
-
-@pytest.fixture
-def models_dir(tmp_path):
-    folder = tmp_path / "models"
-    for name, task, default in (("reg-a", "registration", True), ("reg-b", "registration", False),
-                                ("sim-a", "similarity", True)):
-        add_to_manifest(make_model(folder, name, task, default), folder)
-    return folder
 
 
 @pytest.fixture

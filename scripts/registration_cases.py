@@ -38,7 +38,8 @@ SYNTHSEG_GROUPS = {  # scored group -> FreeSurfer ids merged into it
 SYNTHETIC_SOURCES = ("brain", "prostate", "heart", "abdomen")
 SYNTHETIC_SHAPE, SYNTHETIC_SPACING_MM = (96, 96, 96), 2.0
 SYNTHETIC_MAPS, SYNTHETIC_SEED = 2, 0  # EVAL maps per source; seed of the pair draws
-SYNTHETIC_CONFIG = SynthConfig()  # the training ranges: label 0 (air) is bright in half the images
+# The training ranges, but air (label 0) always dark, as in real CT and MR.
+SYNTHETIC_CONFIG = SynthConfig(dark_background=1.0)
 TRAINED_SOURCES = ("brain", "prostate", "heart", "shapes")  # what the bundled general models train on
 
 

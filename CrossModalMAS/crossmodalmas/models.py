@@ -266,6 +266,7 @@ def _atomic_write_json(data, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=path.parent)
+    os.chmod(temp, 0o644)  # mkstemp makes it private; the result is an ordinary file
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(data, stream, indent=2)

@@ -49,6 +49,7 @@ def options_from_args(args) -> SegmentOptions:
 def _write_json(data: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=path.parent)
+    os.chmod(temp, 0o644)  # mkstemp makes it private; the result is an ordinary file
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         json.dump(data, stream, indent=2)
     os.replace(temp, path)
