@@ -7,6 +7,8 @@ that returns or takes a transform says so, and only :func:`resample` feeds one t
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Optional, Sequence
 
 import numpy as np
@@ -126,6 +128,20 @@ def _downsampled(volume: Volume) -> sitk.Image:
                          sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
+@contextlib.contextmanager
+def _one_itk_thread():
+    """ITK's metrics split their sums over a thread pool, differently from run to run, so the
+    same inputs gave transforms differing by ~1e-6 (enough to move label voxels). The metric
+    reads the global default, so it is set for the call and restored after; at ~4 mm one
+    thread costs little."""
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
 def _run_stage(fixed, moving, transform, shrink: Sequence[int], iterations: int, seed: int):
     """One multi-resolution Mattes-MI stage; returns (optimised transform, final metric)."""
     method = sitk.ImageRegistrationMethod()
@@ -140,7 +156,8 @@ def _run_stage(fixed, moving, transform, shrink: Sequence[int], iterations: int,
     method.SetShrinkFactorsPerLevel(list(shrink))
     method.SetSmoothingSigmasPerLevel([s - 1 for s in shrink])
     method.SetInitialTransform(transform, inPlace=False)
-    result = method.Execute(fixed, moving)
+    with _one_itk_thread():
+        result = method.Execute(fixed, moving)
     return sitk.CompositeTransform(result).GetNthTransform(0), method.GetMetricValue()
 
 
