@@ -36,14 +36,14 @@ import torch
 from benchmark_report import write_markdown
 from benchmark_speed import measure_speed
 from benchmark_targets import group_means, mean, targets, values
-from crossmodalmas import metrics
+from crossmodalmas import metrics, options
 from crossmodalmas.models import ModelEntry, add_to_manifest, bundled_models_dir
 from registration_cases import CASES, ROOT, Pair, group_labels, load_pairs
 from registration_methods import (METHOD_OF_ROLE, METHODS, ROLE_OF, Mapped, build_methods, import_ants,
                                   resolve_models)
 
 DEFAULT_MODELS = {"diffeo": "xmod-general-diffeo", "paper": "xmod-general-paper", "noinv": "xmod-general-paper-noinv"}
-DEFAULT_REFINE = 30
+DEFAULT_REFINE = options.DEFAULT_REFINE["network"]  # what segment() does by default
 
 
 def hd95_cropped(predicted: np.ndarray, truth: np.ndarray, label: int, spacing_kji) -> float:

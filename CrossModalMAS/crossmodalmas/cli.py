@@ -50,9 +50,9 @@ def _add_segment_parser(commands) -> None:
                         "model entry .json or a folder with models.json; 'instance-opt' for none "
                         "(default: the bundled default)")
     p.add_argument("--refine", type=_non_negative_int, metavar="N",
-                   help="instance-optimisation iterations from the network's fields (0: network "
-                        f"alone; default {DEFAULT_REFINE['network']}); with --model instance-opt, "
-                        f"iterations per level (default {DEFAULT_REFINE['instance-opt']})")
+                   help="instance-optimisation iterations per level, started from the network's "
+                        f"fields (0: the network alone; default {DEFAULT_REFINE['network']}); with "
+                        f"--model instance-opt, from zero (default {DEFAULT_REFINE['instance-opt']})")
     p.add_argument("--save-warped", type=Path, metavar="DIR", help="write warped atlases, weights, uncertainty")
     p.add_argument("--report", type=Path, metavar="FILE.json", help="write timings, device, per-atlas QC")
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <0..1> <message>' lines on stdout")

@@ -17,7 +17,7 @@ class FusionMethod(str, enum.Enum):
 
 
 # Default instance-optimisation iterations: refining a network's fields, and alone (per level).
-DEFAULT_REFINE = {"network": 0, "instance-opt": 60}
+DEFAULT_REFINE = {"network": 30, "instance-opt": 60}
 
 
 class DeviceChoice(str, enum.Enum):
@@ -43,9 +43,9 @@ class SegmentOptions:
         model: the registration network (a bundled model's name, or a path to a model entry
             .json / a folder with models.json); None is the bundled default; "instance-opt"
             uses no network (instance optimisation alone).
-        refine_iterations: instance-optimisation iterations: with a network, the refinement
-            from its fields (0: the network alone); without one, per resolution level. None
-            takes the engine's default (:data:`DEFAULT_REFINE`).
+        refine_iterations: instance-optimisation iterations per resolution level: with a
+            network, the refinement started from its fields (0: the network alone); without
+            one, from zero. None takes the engine's default (:data:`DEFAULT_REFINE`).
         regularisation: weight of the diffusion regulariser of the instance optimisation.
         seed: random seed (the pipeline is deterministic given it).
     """
