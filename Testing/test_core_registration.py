@@ -103,3 +103,18 @@ def test_affine_align_falls_back_to_the_centres_when_every_start_fails(monkeypat
     transform = preprocess.affine_align(image, moved)
     point = transform.TransformPoint((0.0, 0.0, 0.0))
     assert np.allclose(np.linalg.norm(point), 6.0, atol=1e-6)  # the centres, 3 voxels of 2 mm apart
+
+
+def test_affine_align_drops_a_far_off_pose_that_mutual_information_liked(monkeypatch):
+    import SimpleITK as sitk
+
+    from crossmodalmas import preprocess
+    from crossmodalmas.volume import Volume
+
+    far = sitk.TranslationTransform(3, (200.0, 0.0, 0.0))
+    monkeypatch.setattr(preprocess, "_affine_from", lambda *args: (far, -1.0))
+    body = np.zeros((16, 16, 16), dtype=np.float32)
+    body[4:12, 4:12, 4:12] = 1.0
+    image = Volume(body, np.diag([2.0, 2.0, 2.0, 1.0]))
+    transform = preprocess.affine_align(image, Volume(body.copy(), image.ijk_to_ras.copy()))
+    assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0)), (0.0, 0.0, 0.0), atol=1e-6)
