@@ -89,8 +89,6 @@ def test_error_messages():
 
 
 def test_affine_align_falls_back_to_the_centres_when_every_start_fails(monkeypatch):
-    import SimpleITK as sitk
-
     from crossmodalmas import preprocess
     from crossmodalmas.volume import Volume
 

@@ -9,8 +9,7 @@ from crossmodalmas.atlases import Atlas
 from crossmodalmas.models import find_model
 from crossmodalmas.options import SegmentOptions
 from crossmodalmas.pipeline import segment
-from crossmodalmas.registration_engine import (RegistrationModel, load_registration_model,
-                                               network_fields, network_shape)
+from crossmodalmas.registration_engine import load_registration_model, network_fields, network_shape
 from crossmodalmas.train.config import TrainRegistrationConfig
 from crossmodalmas.train.registration import train_registration
 from conftest import phantom

@@ -15,9 +15,10 @@ import torch
 
 from crossmodalmas import fusion as fusion_methods
 from crossmodalmas.atlases import Atlas
+from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.features import mind_ssc
-from crossmodalmas.options import DeviceChoice, FusionMethod, SegmentOptions
+from crossmodalmas.options import FusionMethod, SegmentOptions
 from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.preprocess import (affine_align, label_box_in_target, resample,
                                       resample_probabilities, robust_normalise, working_grid)
@@ -78,16 +79,6 @@ class _Run:
         self._step = None
         if self._progress is not None:
             self._progress(1.0, "done")
-
-
-def resolve_device(choice: DeviceChoice) -> torch.device:
-    """``auto`` -> CUDA when torch sees a GPU, else CPU. Raises InputError for an absent CUDA."""
-    choice = DeviceChoice(choice)
-    if choice is DeviceChoice.CUDA and not torch.cuda.is_available():
-        raise InputError("--device cuda: torch sees no CUDA device on this machine (use auto or cpu)")
-    if choice is DeviceChoice.CPU or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
 
 
 def _validated(target: Volume, atlases: Sequence[Atlas]) -> list[Atlas]:

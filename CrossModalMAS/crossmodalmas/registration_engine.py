@@ -103,11 +103,16 @@ def network_fields(model: RegistrationModel, target: torch.Tensor, atlases: torc
     shape = tuple(target.shape[2:])
     small = network_shape(shape, spacing_mm, model.entry)
     device = next(model.net.parameters()).device
-    resize = (lambda x: F.interpolate(x, size=small, mode="trilinear", align_corners=True)) \
-        if small != shape else (lambda x: x)
-    fields = _predict(model, resize(atlases).to(device), resize(target).to(device), warn)
-    to_working = (lambda f: None if f is None else resize_flow(f.to(target.device), shape))
-    return PredictedFields(*(to_working(f) for f in (fields.forward, fields.backward, fields.velocity)))
+
+    def to_network(image: torch.Tensor) -> torch.Tensor:
+        if small != shape:
+            image = F.interpolate(image, size=small, mode="trilinear", align_corners=True)
+        return image.to(device)
+
+    fields = _predict(model, to_network(atlases), to_network(target), warn)
+    back = [None if f is None else resize_flow(f.to(target.device), shape)
+            for f in (fields.forward, fields.backward, fields.velocity)]
+    return PredictedFields(*back)
 
 
 def deformable_registration(model: Optional[RegistrationModel], target_image, atlas_images,

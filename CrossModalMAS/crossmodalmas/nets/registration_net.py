@@ -22,14 +22,13 @@ smooth, so this costs little accuracy and saves most of the FLOPs.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-import math
 
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.nets.correlation import cost_volume, soft_argmin

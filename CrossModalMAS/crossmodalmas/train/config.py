@@ -10,6 +10,7 @@ from typing import Optional
 
 from crossmodalmas.errors import InputError
 from crossmodalmas.nets.registration_net import RegistrationNetConfig
+from crossmodalmas.options import DeviceChoice
 from crossmodalmas.synth import SynthConfig
 
 
@@ -82,6 +83,7 @@ class TrainRegistrationConfig:
 
     def __post_init__(self):
         self.loss = LossKind(self.loss)
+        self.device = DeviceChoice(self.device).value
         self.sources = tuple(self.sources)
         self.shape = tuple(int(s) for s in self.shape)
         if isinstance(self.net, dict):

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from crossmodalmas import __version__
+from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import InputError
 from crossmodalmas.label_sources import LabelMapBank, LabelSource, Split
 from crossmodalmas.losses import consistent_registration_loss, label_constrained_loss
@@ -34,14 +35,6 @@ ARCHITECTURE = "consistent-registration-net"
 _LOG_EVERY = 10
 _COLUMNS = ["step", "seconds", "loss", "dice", "smoothness", "invertibility", "similarity", "end_point_error",
             "val_dice_before", "val_dice", "val_folding_percent"]
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device(choice)
 
 
 def _loss_labels(labels_a, labels_b, max_labels: int, generator):
@@ -85,7 +78,7 @@ class _Run:
 
     def __init__(self, config: TrainRegistrationConfig, out: Path):
         self.config, self.out = config, out
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.net = build_network(ARCHITECTURE, config.net.to_dict()).to(self.device)
