@@ -159,3 +159,13 @@ def test_sd_log_jacobian_refuses_a_bad_field():
 
     with pytest.raises(ValueError, match=r"sd_log_jacobian\(\): 'flow' must be \(N, 3, D, H, W\)"):
         sd_log_jacobian(torch.zeros(1, 2, 8, 8, 8))
+
+
+def test_determinant_figures_of_a_determinant_map():
+    from crossmodalmas.metrics import determinant_figures
+
+    assert determinant_figures(torch.ones(4, 4, 4)) == {"folding_percent": 0.0, "sd_log_jacobian": 0.0}
+    determinant = torch.ones(10, 10, 10)
+    determinant[0, 0, :5] = -0.5
+    out = determinant_figures(determinant)
+    assert out["folding_percent"] == pytest.approx(0.5) and out["sd_log_jacobian"] > 0

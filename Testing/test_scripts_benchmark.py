@@ -96,15 +96,6 @@ def test_synthetic_pairs_skip_a_file_source_without_its_data(bench, tmp_path, ca
     assert "skipping the synthetic prostate pairs" in capsys.readouterr().out
 
 
-def test_jacobian_figures(bench):
-    figures = bench.registration_methods.jacobian_figures
-    assert figures(np.ones((4, 4, 4))) == {"folding_percent": 0.0, "sd_log_jacobian": 0.0}
-    determinant = np.ones((10, 10, 10))
-    determinant[0, 0, :5] = -0.5
-    out = figures(determinant)
-    assert out["folding_percent"] == pytest.approx(0.5) and out["sd_log_jacobian"] > 0
-
-
 def test_hd95_cropped_equals_the_full_computation(bench):
     rng = np.random.default_rng(0)
     truth = np.zeros((20, 22, 24), dtype=np.int32)

@@ -21,7 +21,9 @@ from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
+from crossmodalmas import metrics
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.errors import InputError
 from crossmodalmas.models import ModelEntry, find_model, write_entry
@@ -86,14 +88,6 @@ def run_segment(pair: Pair, options: SegmentOptions) -> Mapped:
                          "working_grid_kji": list(result.working_grid.shape)})
 
 
-def jacobian_figures(determinant: np.ndarray) -> dict:
-    """% of voxels with a Jacobian determinant <= 0, and Learn2Reg's SDlogJ ``std(log(clip(J + 3)))``
-    (the definition of :func:`crossmodalmas.metrics.sd_log_jacobian`), of a determinant image."""
-    determinant = np.asarray(determinant, dtype=np.float64)
-    return {"folding_percent": float((determinant <= 0).mean() * 100.0),
-            "sd_log_jacobian": float(np.log(np.clip(determinant + 3.0, 1e-9, 1e9)).std())}
-
-
 def _to_ants(ants, array: np.ndarray, ijk_to_ras: np.ndarray):
     image = to_sitk(array.astype(np.float32), ijk_to_ras)  # LPS geometry, as ANTs wants it
     return ants.from_numpy(sitk.GetArrayFromImage(image).T.copy(), origin=image.GetOrigin(),
@@ -105,7 +99,7 @@ def _syn_jacobian(ants, fixed, reg: dict) -> dict:
     determinant = ants.create_jacobian_determinant_image(fixed, reg["fwdtransforms"][0], do_log=False).numpy()
     for path in filter(os.path.isfile, {*reg["fwdtransforms"], *reg["invtransforms"]}):
         os.remove(path)
-    return jacobian_figures(determinant)
+    return metrics.determinant_figures(torch.from_numpy(np.asarray(determinant, dtype=np.float64)))
 
 
 def make_syn(ants) -> Callable[[Pair], Mapped]:

@@ -145,6 +145,20 @@ def _check_flow(fn: str, name: str, flow) -> None:
         )
 
 
+def determinant_figures(determinant: torch.Tensor) -> dict[str, float]:
+    """Smoothness figures of a Jacobian-determinant map (any shape), computed once.
+
+    Returns:
+        ``{"folding_percent": % of values <= 0, "sd_log_jacobian": Learn2Reg's SDlogJ, the
+        std of log(clip(J + 3, 1e-9, 1e9))}``. The ``+ 3`` and the clip are Learn2Reg's, so
+        folded voxels stay finite; SDlogJ is reported beside the folding so figures compare
+        with published ones (smaller is smoother).
+    """
+    determinant = determinant.double()
+    return {"folding_percent": float((determinant <= 0).double().mean()) * 100.0,
+            "sd_log_jacobian": float(torch.log((determinant + 3).clamp(1e-9, 1e9)).std())}
+
+
 def folding_percent(flow: torch.Tensor) -> float:
     """Percentage of voxels where the map ``x -> x + flow(x)`` folds (Jacobian determinant <= 0).
 
@@ -163,16 +177,11 @@ def folding_percent(flow: torch.Tensor) -> float:
         ValueError: ``flow`` is not ``(N, 3, D, H, W)`` with every spatial size >= 2.
     """
     _check_flow("folding_percent()", "flow", flow)
-    determinant = transforms.jacobian_determinant(flow.float())
-    return float((determinant <= 0).float().mean()) * 100.0
+    return determinant_figures(transforms.jacobian_determinant(flow.float()))["folding_percent"]
 
 
 def sd_log_jacobian(flow: torch.Tensor) -> float:
-    """Learn2Reg's SDlogJ: the standard deviation of ``log(clip(J + 3))`` over all voxels.
-
-    ``J`` is the Jacobian determinant of ``x -> x + flow(x)``; the ``+ 3`` and the clip (to
-    [1e-9, 1e9]) are Learn2Reg's, so folded voxels stay finite. Reported beside
-    :func:`folding_percent` so figures compare with published ones (smaller is smoother).
+    """Learn2Reg's SDlogJ of the map ``x -> x + flow(x)`` (see :func:`determinant_figures`).
 
     Args:
         flow: ``(N, 3, D, H, W)`` displacement in voxels, channels (k, j, i).
@@ -182,8 +191,7 @@ def sd_log_jacobian(flow: torch.Tensor) -> float:
         ValueError: ``flow`` is not ``(N, 3, D, H, W)`` with every spatial size >= 2.
     """
     _check_flow("sd_log_jacobian()", "flow", flow)
-    determinant = transforms.jacobian_determinant(flow.float())
-    return float(torch.log((determinant + 3).clamp(1e-9, 1e9)).std())
+    return determinant_figures(transforms.jacobian_determinant(flow.float()))["sd_log_jacobian"]
 
 
 def inverse_consistency_mm(forward: torch.Tensor, backward: torch.Tensor, spacing_kji) -> float:

@@ -27,11 +27,11 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 
+from crossmodalmas.atomic import write_json
 from crossmodalmas.errors import InputError
 
 MANIFEST_NAME = "models.json"
@@ -262,25 +262,10 @@ def read_entry(path: Path) -> ModelEntry:
     return ModelEntry.from_dict(data, path.parent, str(path))
 
 
-def _atomic_write_json(data, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=path.parent)
-    os.chmod(temp, 0o644)  # mkstemp makes it private; the result is an ordinary file
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_entry(entry: ModelEntry, path: Path) -> None:
     """Write ``entry`` alone as JSON at ``path`` (what a training run leaves beside its weights;
     ``entry.file`` must then be relative to ``path``'s folder). Atomic: temp file + replace."""
-    _atomic_write_json(entry.to_dict(), path)
+    write_json(entry.to_dict(), path)
 
 
 def add_to_manifest(entry: ModelEntry, folder: Path) -> None:
@@ -296,7 +281,7 @@ def add_to_manifest(entry: ModelEntry, folder: Path) -> None:
     existing = read_manifest(folder) if (folder / MANIFEST_NAME).is_file() else []
     entries = [e for e in existing if e.name != entry.name] + [entry]
     check_entries(entries, str(folder / MANIFEST_NAME))
-    _atomic_write_json({"format": MANIFEST_FORMAT, "models": [e.to_dict() for e in entries]}, folder / MANIFEST_NAME)
+    write_json({"format": MANIFEST_FORMAT, "models": [e.to_dict() for e in entries]}, folder / MANIFEST_NAME)
 
 
 # --- finding a model ---------------------------------------------------------------------------

@@ -17,13 +17,12 @@ importing or calling this module never changes a global backend.
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from crossmodalmas.atomic import atomic_path
 from crossmodalmas.errors import InputError
 from crossmodalmas.label_names import label_name
 from crossmodalmas.volume import Grid, LabelMap, Volume, to_sitk
@@ -179,14 +178,8 @@ def _add_legend(figure, colours: dict[int, str], with_truth: bool) -> None:
 
 
 def _save_atomically(figure, path: Path) -> None:
-    handle, temp = tempfile.mkstemp(prefix=".partial-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path, ".png") as temp:
         figure.savefig(temp, format="png", dpi=100)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
 
 
 def write_overview(path, target: Volume, truth: LabelMap | None, result: LabelMap,

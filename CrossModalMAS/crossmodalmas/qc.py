@@ -8,7 +8,8 @@ import torch
 
 from crossmodalmas.fusion import Fused
 from crossmodalmas.instance_opt import RegistrationFields
-from crossmodalmas.metrics import folding_percent, inverse_consistency_mm, sd_log_jacobian
+from crossmodalmas.metrics import determinant_figures, inverse_consistency_mm
+from crossmodalmas.transforms import jacobian_determinant
 from crossmodalmas.result import AtlasQC
 
 
@@ -55,13 +56,15 @@ def atlas_qc(names: Sequence[str], fields: RegistrationFields, atlas_features: t
     shares = _weight_shares(warped_classes, fused.weights)
     fused_labels = fused.labels
     num_classes = fused.probabilities.shape[0]
+    smoothness = [determinant_figures(jacobian_determinant(fields.forward[i:i + 1].float()))
+                  for i in range(len(names))]  # one determinant per atlas for both figures
     return [
         AtlasQC(
             name=name,
             weight_share=shares[i],
             agreement=multiclass_dice(warped_classes[i], fused_labels, num_classes),
-            folding_percent=folding_percent(fields.forward[i:i + 1]),
-            sd_log_jacobian=sd_log_jacobian(fields.forward[i:i + 1]),
+            folding_percent=smoothness[i]["folding_percent"],
+            sd_log_jacobian=smoothness[i]["sd_log_jacobian"],
             inverse_consistency_mm=inverse_consistency_mm(fields.forward[i:i + 1], fields.backward[i:i + 1], spacing_kji),
             similarity_before=float(before[i]),
             similarity_after=float(after[i]),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from crossmodalmas import atlases as atlas_io
+from crossmodalmas.atomic import write_json
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.options import SegmentOptions
 from crossmodalmas.pipeline import segment
@@ -46,15 +45,6 @@ def options_from_args(args) -> SegmentOptions:
                           device=args.device, refine_iterations=args.refine)
 
 
-def _write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=path.parent)
-    os.chmod(temp, 0o644)  # mkstemp makes it private; the result is an ordinary file
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2)
-    os.replace(temp, path)
-
-
 def _write_previews(result: Result, folder: Path, written: list[Path], cancel) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index, name in enumerate(result.atlas_names):
@@ -80,7 +70,7 @@ def _write_outputs(args, result: Result, report: dict, cancel) -> None:
         if args.save_warped:
             _write_previews(result, args.save_warped, written, cancel)
         if args.report:
-            _write_json(report, args.report)
+            write_json(report, args.report)
             written.append(args.report)
     except BaseException:
         for path in written:

@@ -14,7 +14,6 @@ so an interrupted write never leaves a partial output.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import ClassVar
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from crossmodalmas.atomic import atomic_path
 from crossmodalmas.errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -216,16 +216,11 @@ def _atomic_write(image: sitk.Image, path: Path) -> None:
     suffix = "".join(path.suffixes) or ".nii.gz"
     if not path.parent.exists():
         raise InputError(f"{path}: output folder {path.parent} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
-    os.close(handle)
     try:
-        sitk.WriteImage(image, temp, useCompression=True)
-        os.replace(temp, path)
+        with atomic_path(path, suffix) as temp:
+            sitk.WriteImage(image, str(temp), useCompression=True)
     except RuntimeError as error:
         raise InputError(f"{path}: cannot write ({str(error).strip().splitlines()[-1][:160]})") from error
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> None:

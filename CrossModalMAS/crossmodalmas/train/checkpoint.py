@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from crossmodalmas.atomic import atomic_path
 from crossmodalmas.errors import InputError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -15,10 +15,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write ``state`` next to ``path`` and rename it in place, so a run killed mid-write
     always leaves the previous checkpoint whole."""
-    path = Path(path)
-    partial = path.with_name(f".partial-{path.name}")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    with atomic_path(Path(path), ".pt") as temp:
+        torch.save(state, temp)
 
 
 def load_checkpoint(path: Path, device) -> dict:

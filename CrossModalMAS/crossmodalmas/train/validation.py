@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from crossmodalmas.label_sources import LabelMapBank
+from crossmodalmas.metrics import dice
 from crossmodalmas.synth import SynthConfig, SynthPair, synth_pair
 from crossmodalmas.transforms import jacobian_determinant, one_hot, warp
 
@@ -31,15 +32,11 @@ def validation_pairs(bank: LabelMapBank, count: int, config: SynthConfig, seed: 
     return out
 
 
-def mean_dice(prediction: torch.Tensor, truth: torch.Tensor, num_labels: int) -> float:
-    """Mean Dice over the foreground labels present in either ``(1, 1, D, H, W)`` map."""
-    scores = []
-    for label in range(1, num_labels):
-        p, t = prediction == label, truth == label
-        total = int(p.sum() + t.sum())
-        if total:
-            scores.append(2.0 * int((p & t).sum()) / total)
-    return sum(scores) / len(scores) if scores else 1.0
+def mean_dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean of :func:`crossmodalmas.metrics.dice` over the foreground labels in either map
+    (1.0 when neither has any)."""
+    scores = dice(prediction.cpu().numpy(), truth.cpu().numpy())
+    return sum(scores.values()) / len(scores) if scores else 1.0
 
 
 @torch.no_grad()
@@ -53,8 +50,8 @@ def validate(net: torch.nn.Module, pairs: list[ValidationPair]) -> dict[str, flo
         p, k = item.pair, item.num_labels
         forward, _ = net(p.image_a, p.image_b)
         warped = warp(one_hot(p.labels_a, k), forward.float()).argmax(1, keepdim=True)
-        before.append(mean_dice(p.labels_a, p.labels_b, k))
-        after.append(mean_dice(warped, p.labels_b, k))
+        before.append(mean_dice(p.labels_a, p.labels_b))
+        after.append(mean_dice(warped, p.labels_b))
         folding.append(100.0 * float((jacobian_determinant(forward.float()) <= 0).float().mean()))
     net.train(was_training)
     n = max(1, len(pairs))
