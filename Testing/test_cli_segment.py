@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from conftest import (MMWHS_CODES, QUICK, TINY_SPACING, atlas_args, mean_dice, no_partial_files, phantom,
                       process_env, run_process, sha256, write_atlas)
+from crossmodalmas.result_io import load_result
 from crossmodalmas.volume import read_labels, read_volume, write_labels, write_volume
 
 PROGRESS_LINE = re.compile(r"^PROGRESS (\d+(?:\.\d+)?) (\S.*)$")
@@ -126,7 +127,10 @@ def test_save_warped_writes_every_preview(cli, tiny_case, tmp_path):
     assert out.exists()
     expected = {f"{name}_warped_{kind}.nii.gz" for name in tiny_case.names for kind in ("image", "labels", "weights")}
     names = {p.name for p in folder.iterdir()}
-    assert expected | {"uncertainty.nii.gz"} == names
+    assert expected | {"uncertainty.nii.gz", "result.npz", "result.json"} == names
+    saved = load_result(folder)
+    assert saved.atlas_names == list(tiny_case.names)
+    np.testing.assert_array_equal(saved.labels.array, read_labels(out).array)
     shape = read_volume(folder / "uncertainty.nii.gz").array.shape
     weights = [read_volume(folder / f"{name}_warped_weights.nii.gz").array for name in tiny_case.names]
     np.testing.assert_allclose(weights[0] + weights[1], 1.0, atol=1e-4)
@@ -137,7 +141,7 @@ def test_save_warped_writes_every_preview(cli, tiny_case, tmp_path):
         assert read_volume(folder / f"{name}_warped_image.nii.gz").array.shape == shape
 
 
-@pytest.mark.parametrize("fusion", ["mv", "nlwv", "loa"])
+@pytest.mark.parametrize("fusion", ["mv", "nlwv", "loa", "loa-local"])
 def test_each_fusion_method_segments(cli, tiny_case, tmp_path, fusion):
     out, report = tmp_path / "seg.nii.gz", tmp_path / "r.json"
     run = cli("segment", "--target", tiny_case.target, *atlas_args(tiny_case.atlases), "--output", out,
@@ -147,13 +151,13 @@ def test_each_fusion_method_segments(cli, tiny_case, tmp_path, fusion):
     assert_good_segmentation(out, tiny_case.truth)
 
 
-def test_fusion_plf_is_refused_until_the_similarity_model_exists(cli, tiny_case, tmp_path):
+def test_an_unknown_similarity_model_is_refused_before_any_work(cli, tiny_case, tmp_path):
     out = tmp_path / "seg.nii.gz"
     run = cli("segment", "--target", tiny_case.target, *atlas_args(tiny_case.atlases), "--output", out,
-              "--fusion", "plf", *QUICK)
+              "--fusion", "plf", "--similarity-model", "no-such-net", *QUICK)
     assert run.code == 2, run.err
-    assert re.search(r"--fusion plf\b.*similarity", run.error_line())
-    assert "Traceback" not in run.err
+    assert re.search(r"--similarity-model no-such-net: no such similarity model", run.error_line())
+    assert "Traceback" not in run.err and "PROGRESS 0.02" not in run.out
     assert not out.exists()
 
 

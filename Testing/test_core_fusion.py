@@ -5,12 +5,15 @@ import math
 import pytest
 import torch
 
+from crossmodalmas import fusion as fusion_module
 from crossmodalmas.fusion import (
     Fused,
     fuse,
     label_overlap_vote,
     majority_vote,
     non_local_weighted_vote,
+    pairwise_overlap,
+    patch_label_fusion,
 )
 from crossmodalmas.options import FusionMethod
 
@@ -180,20 +183,68 @@ def test_label_overlap_single_atlas_has_weight_one():
 def test_fuse_dispatches(method):
     labels = _random_labels(3, 3, seed=12)
     features = _random_features(4, seed=13)
-    if method is FusionMethod.PATCH_LABEL_FUSION:
-        with pytest.raises(ValueError, match=r"fuse\(\): method 'plf' \(similarity-network PLF.*needs the similarity model"):
-            fuse(method, labels, 3, features[:1], features[1:])
-        return
-    fused = fuse(method.value, labels, 3, features[:1], features[1:])
+    logits = torch.randn((3, *SHAPE), generator=torch.Generator().manual_seed(14))
+    fused = fuse(method.value, labels, 3, features[:1], features[1:], similarity=logits)
     _check_normalised(fused, 3, 3)
 
 
 def test_fuse_errors():
     labels = _random_labels(2, 3)
-    with pytest.raises(ValueError, match=r"fuse\(\): 'method' must be one of 'mv', 'nlwv', 'plf', 'loa', got 'staple'"):
+    with pytest.raises(ValueError, match=r"fuse\(\): 'method' must be one of 'mv', 'nlwv', 'plf', 'loa', 'loa-local', got 'staple'"):
         fuse("staple", labels, 3)
     with pytest.raises(ValueError, match=r"fuse\(\): method 'nlwv' .* needs 'target_features' and 'atlas_features'"):
         fuse(FusionMethod.NON_LOCAL_WEIGHTED_VOTE, labels, 3)
+    with pytest.raises(ValueError, match=r"fuse\(\): method 'plf' .* needs the similarity network's logits 'similarity', got None"):
+        fuse(FusionMethod.PATCH_LABEL_FUSION, labels, 3)
+
+
+def test_plf_weights_are_the_softmax_of_the_logits_where_atlases_disagree():
+    labels = torch.zeros((3, 1, 2, 2, 2), dtype=torch.int64)
+    labels[0, 0, 0, 0, 0] = 1  # atlases disagree at one voxel only
+    logits = torch.zeros((3, 2, 2, 2))
+    logits[:, 0, 0, 0] = torch.tensor([2.0, 0.0, 0.0])
+    fused = patch_label_fusion(labels, 2, logits)
+    expected = torch.softmax(torch.tensor([2.0, 0.0, 0.0]), 0)
+    torch.testing.assert_close(fused.weights[:, 0, 0, 0], expected)
+    torch.testing.assert_close(fused.probabilities[1, 0, 0, 0], expected[0])  # 0.787: label 1 wins
+    assert int(fused.labels[0, 0, 0]) == 1
+    torch.testing.assert_close(fused.weights[:, 1, 1, 1], torch.full((3,), 1 / 3))  # decided voxels
+    assert float(fused.uncertainty[1, 1, 1]) == 0.0 and float(fused.uncertainty[0, 0, 0]) > 0.5
+
+
+def test_plf_reads_no_logit_where_atlases_agree():
+    labels = _random_labels(1, 3, seed=15).repeat(4, 1, 1, 1, 1)
+    labels[2, 0, :2] = (labels[2, 0, :2] + 1) % 3
+    logits = torch.randn((4, *SHAPE), generator=torch.Generator().manual_seed(16))
+    poisoned = logits.clone()
+    poisoned[:, 2:] = float("nan")  # atlases all agree from slice 2 on
+    torch.testing.assert_close(patch_label_fusion(labels, 3, poisoned).probabilities,
+                               patch_label_fusion(labels, 3, logits).probabilities)
+    logits[:, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"patch_label_fusion\(\): 'logits' must be finite where the atlases disagree"):
+        patch_label_fusion(labels, 3, logits)
+    with pytest.raises(ValueError, match=r"patch_label_fusion\(\): 'logits' must be \(N, D, H, W\) = \(4, 8, 8, 8\), got \(3, 8, 8, 8\)"):
+        patch_label_fusion(labels, 3, logits[:3])
+    with pytest.raises(TypeError, match=r"patch_label_fusion\(\): 'logits' must be a float torch.Tensor, got torch.int64"):
+        patch_label_fusion(labels, 3, labels[:, 0])
+
+
+def test_pairwise_overlap_matches_dice_counted_by_hand():
+    a = _cube(SHAPE, (0, 0, 0), 4)           # 64 voxels of label 1
+    b = _cube(SHAPE, (0, 0, 2), 4)           # shifted: 32 shared
+    c = _cube(SHAPE, (4, 4, 4), 2, value=2)  # label 2 only
+    overlap = pairwise_overlap(torch.stack([a, b, c])[:, None], 3)
+    torch.testing.assert_close(overlap[0, 1], torch.tensor(2 * 32 / 128))
+    torch.testing.assert_close(overlap[0, 2], torch.tensor(0.0))  # labels 1 and 2 present, none shared
+    torch.testing.assert_close(overlap, overlap.T)
+    torch.testing.assert_close(torch.diagonal(overlap), torch.ones(3))
+
+
+def test_disagreement_lists_the_voxels_where_atlases_differ():
+    labels = torch.zeros((3, 1, 2, 2, 2), dtype=torch.int64)
+    labels[1, 0, 1, 1, 1] = 2
+    labels[2, 0, 0, 1, 0] = 1
+    assert fusion_module.disagreement(labels).tolist() == [2, 7]
 
 
 def test_label_errors():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchmark_targets import Target, ablation, coarse_grid_cost, group_means
+from markdown_sections import replace_section
 from crossmodalmas.synth import SynthConfig
 from registration_cases import (INVERT_FRACTION, PHANTOM_SEEDS, SYNTHETIC_CONFIG, SYNTHETIC_MAPS, SYNTHETIC_SEED,
                                 SYNTHETIC_SHAPE, SYNTHETIC_SOURCES, SYNTHETIC_SPACING_MM, SYNTHSEG_BLUR_VOX,
@@ -191,7 +192,7 @@ def notes(info: dict, results: list[dict]) -> list[str]:
 
 
 def write_markdown(path: Path, results: list[dict], speed: dict, checked: list[Target], info: dict) -> None:
-    """Write the whole report."""
+    """Write the registration section of the report (the other benchmarks keep theirs)."""
     gpu = speed.get("gpu")
     lines = ["# Benchmarks: pairwise atlas -> target registration", "",
              f"Run on {info['date']} with `{info['command']}`, code at `{info['commit']}` (git describe).", "",
@@ -202,4 +203,4 @@ def write_markdown(path: Path, results: list[dict], speed: dict, checked: list[T
              *targets_section(checked), *groups_section(results), *results_table(results),
              *ablation_section(results), *coarse_grid_section(results), *speed_section(speed),
              *published_section(), *notes(info, results), ""]
-    Path(path).write_text("\n".join(lines), encoding="utf-8")
+    replace_section(Path(path), "registration", lines)

@@ -4,7 +4,7 @@
 
 Copies ``RUN_DIR/model.pt`` to ``Resources/Models/<name>.pt`` and adds the run's
 ``model.json`` entry to ``models.json`` (replacing an entry of the same name). ``--default``
-makes it the default registration model (the previous default stops being one). The
+makes it the default model of its task, registration or similarity (the previous default stops being one). The
 benchmark script later fills in the measured accuracy and inference times.
 """
 
@@ -36,8 +36,8 @@ def bundle(run: Path, make_default: bool, folder: Path) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("run", type=Path, help="a finished train-registration folder")
-    parser.add_argument("--default", action="store_true", help="make it the default registration model")
+    parser.add_argument("run", type=Path, help="a finished train-registration or train-similarity folder")
+    parser.add_argument("--default", action="store_true", help="make it the default model of its task")
     parser.add_argument("--models-dir", type=Path, default=bundled_models_dir())
     args = parser.parse_args(argv)
     print(bundle(args.run, args.default, args.models_dir))

@@ -15,7 +15,7 @@ from crossmodalmas import __version__
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.models_command import add_models_parser
 from crossmodalmas.options import DEFAULT_REFINE, DeviceChoice, FusionMethod
-from crossmodalmas.train.command import add_train_registration_parser
+from crossmodalmas.train.command import add_train_parsers
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 def _non_negative_int(text: str) -> int:
@@ -40,7 +40,10 @@ def _add_segment_parser(commands) -> None:
     p.add_argument("--atlases", type=Path, metavar="CSV", help="CSV with 'image' and 'labels' columns")
     p.add_argument("--atlas-dir", type=Path, metavar="DIR", help="folder of X.nii.gz + X_seg.nii.gz pairs")
     p.add_argument("--output", required=True, type=Path, help="segmentation file, on the target's grid")
-    p.add_argument("--fusion", choices=[m.value for m in FusionMethod], default=FusionMethod.NON_LOCAL_WEIGHTED_VOTE.value)
+    p.add_argument("--fusion", choices=[m.value for m in FusionMethod],
+                   help="label fusion: mv majority vote, nlwv non-local weighted vote, plf the similarity "
+                        "network's patch-based fusion, loa / loa-local label-overlap weights (global / "
+                        "in 15-voxel windows); default plf where a similarity network is available, else nlwv")
     p.add_argument("--select", type=_positive_int, metavar="K", help="keep the K most similar atlases")
     p.add_argument("--roi", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),
                    help="working region: two RAS corners in mm")
@@ -53,7 +56,9 @@ def _add_segment_parser(commands) -> None:
                    help="instance-optimisation iterations per level, started from the network's "
                         f"fields (0: the network alone; default {DEFAULT_REFINE['network']}); with "
                         f"--model instance-opt, from zero (default {DEFAULT_REFINE['instance-opt']})")
-    p.add_argument("--save-warped", type=Path, metavar="DIR", help="write warped atlases, weights, uncertainty")
+    p.add_argument("--similarity-model", metavar="NAME|PATH",
+                   help="similarity network for --fusion plf (default: the bundled default)")
+    p.add_argument("--save-warped", type=Path, metavar="DIR", help="write warped atlases, weights, uncertainty, and the result that re-fusion reads")
     p.add_argument("--report", type=Path, metavar="FILE.json", help="write timings, device, per-atlas QC")
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <0..1> <message>' lines on stdout")
 
@@ -67,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="folder for the case and results (default: a new temporary folder)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--atlases", type=_positive_int, default=4, help="number of phantom atlases")
-    add_train_registration_parser(commands)
+    add_train_parsers(commands)
     add_models_parser(commands)
     return parser
 
@@ -103,9 +108,9 @@ def _run(args) -> int:
         from crossmodalmas.models_command import run_models
         return run_models(args)
     with _Cancellation() as cancel:
-        if args.command == "train-registration":
-            from crossmodalmas.train.command import run_train_registration
-            return run_train_registration(args, cancel)
+        if args.command in ("train-registration", "train-similarity"):
+            from crossmodalmas.train.command import run_train
+            return run_train(args, cancel)
         from crossmodalmas.segment_command import run_segment
         from crossmodalmas.progress import progress_bar, progress_lines
         if args.progress_lines:

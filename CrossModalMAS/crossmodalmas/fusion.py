@@ -1,4 +1,5 @@
-"""Label fusion of warped atlas labels: majority vote, non-local weighted vote, label overlap.
+"""Label fusion of warped atlas labels: majority vote, non-local weighted vote, label overlap,
+and the similarity network's patch-based label fusion.
 
 All functions take the atlases' labels already warped onto the target's working grid, as class
 indices ``(N, 1, D, H, W)`` in ``[0, C)`` (``C`` classes, background 0), and return a
@@ -7,9 +8,11 @@ indices ``(N, 1, D, H, W)`` in ``[0, C)`` (``C`` classes, background 0), and ret
 weighted vote ``p(c, x) = sum_i sum_s w_i(x, s) [L_i(x + s) = c] / Z(x)``; the methods differ
 in the weights. Everything is vectorised over voxels and atlases; the only Python loops are
 over atlases in chunks, over pairs of atlases (label overlap) and over the few search shifts.
+The votes that read an atlas's label at ``x`` only (all but NLWV) are counted only where the
+atlases disagree: elsewhere the label is already decided (probability 1, uncertainty 0).
 
-The similarity-network patch-based label fusion (PLF) of the cross-modality MAS paper (seed
-000) needs the trained similarity model and is not implemented in this module.
+The weights of the similarity-network PLF (seed 000) come from
+:mod:`crossmodalmas.similarity_engine`; this module takes them as logits.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from .transforms import one_hot
 
 H_EPSILON = 1e-6
 """Added to the NLWV bandwidth ``h(x)`` (squared feature units) so it is never zero."""
+
+LOCAL_OVERLAP_WINDOW = 15
+"""Side, in working-grid voxels, of the box the local label-overlap weights count Dice in
+(``loa-local``): the similarity network's patch size, so the two local methods compare alike."""
 
 MIN_OVERLAP_WEIGHT = 1e-6
 """Floor of the label-overlap weights, so a voxel where every atlas scores 0 falls back to
@@ -118,11 +125,33 @@ def _accumulate(votes: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
     )
 
 
-def _weighted_vote(labels: torch.Tensor, weights: torch.Tensor, num_classes: int) -> Fused:
-    """Vote of ``labels`` ``(N, 1, D, H, W)`` with positive per-voxel ``weights`` ``(N, D, H, W)``."""
-    votes = torch.zeros((num_classes, *labels.shape[2:]), dtype=torch.float32, device=labels.device)
-    _accumulate(votes, labels[:, 0], weights)
-    return _finish(votes, weights)
+def disagreement(labels: torch.Tensor) -> torch.Tensor:
+    """Flat indices ``(M,)`` of the voxels where the atlases ``(N, 1, D, H, W)`` do not all agree."""
+    flat = labels.reshape(labels.shape[0], -1)
+    return (flat != flat[:1]).any(dim=0).nonzero()[:, 0]
+
+
+def _weighted_vote(labels: torch.Tensor, weights: torch.Tensor, num_classes: int,
+                   where: Optional[torch.Tensor] = None) -> Fused:
+    """Vote of ``labels`` ``(N, 1, D, H, W)`` with weights ``(N, 1, 1, 1)`` or ``(N, D, H, W)``
+    that sum to 1 over atlases, counted only where the atlases disagree (``where``, if known)."""
+    n, spatial = labels.shape[0], labels.shape[2:]
+    flat = labels.reshape(n, -1)
+    per_voxel = weights[0].numel() > 1  # else one weight per atlas: never materialised per voxel
+    where = disagreement(labels) if where is None else where
+    probabilities = torch.zeros((num_classes, flat.shape[1]), dtype=torch.float32, device=labels.device)
+    probabilities.scatter_(0, flat[:1].long(), 1.0)  # where all agree: their class
+    uncertainty = torch.zeros(flat.shape[1], dtype=torch.float32, device=labels.device)
+    if where.numel():
+        votes = torch.zeros((num_classes, where.numel()), dtype=torch.float32, device=labels.device)
+        chosen = weights.reshape(n, -1)[:, where] if per_voxel else weights.reshape(n, 1).expand(n, where.numel())
+        votes.scatter_add_(0, flat[:, where].long(), chosen.float())
+        probabilities[:, where] = votes  # the weights sum to 1 over atlases: already normalised
+        if num_classes > 1:
+            entropy = -torch.special.xlogy(votes, votes).sum(dim=0)
+            uncertainty[where] = (entropy / math.log(num_classes)).clamp(0.0, 1.0)
+    return Fused(probabilities=probabilities.view(num_classes, *spatial), weights=weights.float().expand(n, *spatial),
+                 uncertainty=uncertainty.view(spatial))
 
 
 def majority_vote(labels: torch.Tensor, num_classes: int) -> Fused:
@@ -145,8 +174,8 @@ def majority_vote(labels: torch.Tensor, num_classes: int) -> Fused:
             outside ``[0, num_classes)``.
     """
     _check_labels("majority_vote()", labels, num_classes)
-    weights = torch.ones((labels.shape[0], *labels.shape[2:]), dtype=torch.float32, device=labels.device)
-    return _weighted_vote(labels, weights, num_classes)
+    n = labels.shape[0]
+    return _weighted_vote(labels, torch.full((n, 1, 1, 1), 1.0 / n, device=labels.device), num_classes)
 
 
 def _shift(x: torch.Tensor, offset) -> torch.Tensor:
@@ -280,19 +309,39 @@ def _mean_dice(intersection: torch.Tensor, denominator: torch.Tensor) -> torch.T
     return torch.where(count > 0, dice.sum(dim=1) / count.clamp_min(1), 1.0)
 
 
-def _expected_overlap(labels: torch.Tensor, num_classes: int, window: Optional[int]) -> torch.Tensor:
-    """OASIS expected overlap ``ō_k = mean_{j != k} o_{j,k}``: ``(N, 1, 1, 1)`` or ``(N, D, H, W)``."""
+def pairwise_overlap(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Seed 004's LOA ``o_{j,k}``: Dice between warped labels ``j`` and ``k``, averaged over the
+    foreground classes present in either (1 where neither has any), ``(N, N)``, 1 on the diagonal.
+
+    Counted with bincounts rather than one-hot maps: the voxels where all atlases agree add the
+    same intersection to every pair, so each pair compares only the voxels where they disagree.
+    """
+    n, flat = labels.shape[0], labels.reshape(labels.shape[0], -1).long()
+    volumes = torch.stack([torch.bincount(row, minlength=num_classes) for row in flat]).float()
+    where = disagreement(labels)
+    unanimous = torch.ones(flat.shape[1], dtype=torch.bool, device=labels.device)
+    unanimous[where] = False
+    shared = torch.bincount(flat[0][unanimous], minlength=num_classes).float()
+    overlap = torch.eye(n, device=labels.device)
+    varying = flat[:, where]
+    for j in range(n - 1):
+        for k in range(j + 1, n):
+            a, b = varying[j], varying[k]
+            # Voxels where the pair disagrees go to an extra bin C, which is dropped.
+            same = torch.bincount(torch.where(a == b, a, num_classes), minlength=num_classes + 1)
+            intersection = shared + same[:num_classes].float()
+            dice = _mean_dice(intersection[None, 1:], (volumes[j] + volumes[k])[None, 1:])[0]
+            overlap[j, k] = overlap[k, j] = dice
+    return overlap
+
+
+def _expected_overlap_local(labels: torch.Tensor, num_classes: int, window: int) -> torch.Tensor:
+    """``ō_k(x)`` with each Dice counted inside a ``window ** 3`` box around ``x``: ``(N, D, H, W)``."""
     foreground = one_hot(labels, num_classes)[:, 1:]  # (N, C-1, D, H, W)
-
-    def count(t):
-        if window is None:
-            return t.sum(dim=(2, 3, 4), keepdim=True)
-        return _box(t, window, mean=False)
-
-    volumes = count(foreground)
+    volumes = _box(foreground, window, mean=False)
     expected = torch.zeros_like(volumes[:, 0])
     for j in range(labels.shape[0] - 1):  # o is symmetric: pairs (j, k > j) only
-        overlap = _mean_dice(count(foreground[j:j + 1] * foreground[j + 1:]),
+        overlap = _mean_dice(_box(foreground[j:j + 1] * foreground[j + 1:], window, mean=False),
                              volumes[j:j + 1] + volumes[j + 1:])
         expected[j] += overlap.sum(dim=0)
         expected[j + 1:] += overlap
@@ -331,34 +380,80 @@ def label_overlap_vote(labels: torch.Tensor, num_classes: int, window: Optional[
     if window is not None and (isinstance(window, bool) or not isinstance(window, int)
                                or window < 1 or window % 2 == 0):
         raise ValueError(f"{fn}: 'window' must be None or an odd int >= 1 (voxels), got {window!r}")
-    shape = (labels.shape[0], *labels.shape[2:])
-    if labels.shape[0] == 1:
-        weights = torch.ones(shape, dtype=torch.float32, device=labels.device)
+    n = labels.shape[0]
+    if n == 1:
+        expected = torch.ones((1, 1, 1, 1), device=labels.device)
+    elif window is None:
+        overlap = pairwise_overlap(labels, num_classes)
+        expected = ((overlap.sum(dim=1) - 1.0) / (n - 1)).view(n, 1, 1, 1)  # mean over j != k
     else:
-        expected = _expected_overlap(labels, num_classes, window)
-        weights = expected.clamp_min(MIN_OVERLAP_WEIGHT).expand(shape).contiguous()
-    return _weighted_vote(labels, weights, num_classes)
+        expected = _expected_overlap_local(labels, num_classes, window)
+    expected = expected.clamp_min(MIN_OVERLAP_WEIGHT)
+    return _weighted_vote(labels, expected / expected.sum(dim=0, keepdim=True), num_classes)
 
 
-def fuse(method: FusionMethod, labels: torch.Tensor, num_classes: int,
-         target_features: Optional[torch.Tensor] = None,
-         atlas_features: Optional[torch.Tensor] = None) -> Fused:
-    """Run the fusion ``method`` with its default parameters.
+def patch_label_fusion(labels: torch.Tensor, num_classes: int, logits: torch.Tensor) -> Fused:
+    """Patch-based label fusion weighted by the similarity network (seed 000 eq. 6 and 7).
+
+    ``w_i(x) = softmax_i(logits_i(x))``, where ``logits_i(x) = -d(f_phi(T)(x), f_theta(A_i)(x))``
+    is the negative embedding distance of the 15³ patches around ``x`` in the target and in
+    warped atlas ``i`` (:meth:`crossmodalmas.nets.similarity.SimilarityNet.logits`), and the
+    label is ``argmax_l sum_i w_i(x) [L_i(x) = l]``. Only the voxels where the atlases disagree
+    read ``logits``; elsewhere every atlas gets ``1 / N`` (the label is decided anyway), so the
+    caller may leave ``logits`` unset (any finite value) there.
 
     Args:
-        method: a :class:`~crossmodalmas.options.FusionMethod` or its value (``"mv"``,
-            ``"nlwv"``, ``"plf"``, ``"loa"``).
         labels: ``(N, 1, D, H, W)`` integer class indices in ``[0, num_classes)``.
         num_classes: ``C``, the number of classes including background 0.
-        target_features: ``(1, F, D, H, W)`` modality-independent features (NLWV only).
-        atlas_features: ``(N, F, D, H, W)`` features of the warped atlases (NLWV only).
+        logits: ``(N, D, H, W)`` float similarity logits.
 
     Returns:
         :class:`Fused`.
 
     Raises:
-        ValueError: unknown method, NLWV without features, PLF (needs the similarity
-            model, not implemented yet), or invalid inputs of the chosen method.
+        TypeError: ``labels`` is not an integer tensor or ``logits`` not a float tensor.
+        ValueError: bad ``labels`` (see :func:`majority_vote`), ``logits`` of another shape,
+            or non-finite logits where the atlases disagree.
+    """
+    fn = "patch_label_fusion()"
+    _check_labels(fn, labels, num_classes)
+    expected = (labels.shape[0], *labels.shape[2:])
+    if not isinstance(logits, torch.Tensor) or not logits.dtype.is_floating_point:
+        raise TypeError(f"{fn}: 'logits' must be a float torch.Tensor, got "
+                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
+    if tuple(logits.shape) != expected:
+        raise ValueError(f"{fn}: 'logits' must be (N, D, H, W) = {expected}, got {tuple(logits.shape)}")
+    n, where = labels.shape[0], disagreement(labels)
+    chosen = logits.reshape(n, -1)[:, where].float()
+    if not bool(torch.isfinite(chosen).all()):
+        raise ValueError(f"{fn}: 'logits' must be finite where the atlases disagree")
+    weights = torch.full((n, logits[0].numel()), 1.0 / n,
+                         dtype=torch.float32, device=labels.device)
+    weights[:, where] = torch.softmax(chosen, dim=0)
+    return _weighted_vote(labels, weights.view(expected), num_classes, where)
+
+
+def fuse(method: FusionMethod, labels: torch.Tensor, num_classes: int,
+         target_features: Optional[torch.Tensor] = None,
+         atlas_features: Optional[torch.Tensor] = None,
+         similarity: Optional[torch.Tensor] = None) -> Fused:
+    """Run the fusion ``method`` with its default parameters.
+
+    Args:
+        method: a :class:`~crossmodalmas.options.FusionMethod` or its value (``"mv"``,
+            ``"nlwv"``, ``"plf"``, ``"loa"``, ``"loa-local"``).
+        labels: ``(N, 1, D, H, W)`` integer class indices in ``[0, num_classes)``.
+        num_classes: ``C``, the number of classes including background 0.
+        target_features: ``(1, F, D, H, W)`` modality-independent features (NLWV only).
+        atlas_features: ``(N, F, D, H, W)`` features of the warped atlases (NLWV only).
+        similarity: ``(N, D, H, W)`` similarity-network logits (PLF only).
+
+    Returns:
+        :class:`Fused`.
+
+    Raises:
+        ValueError: unknown method, NLWV without features, PLF without similarity logits,
+            or invalid inputs of the chosen method.
     """
     try:
         method = FusionMethod(method)
@@ -369,6 +464,8 @@ def fuse(method: FusionMethod, labels: torch.Tensor, num_classes: int,
         return majority_vote(labels, num_classes)
     if method is FusionMethod.LABEL_OVERLAP:
         return label_overlap_vote(labels, num_classes)
+    if method is FusionMethod.LABEL_OVERLAP_LOCAL:
+        return label_overlap_vote(labels, num_classes, window=LOCAL_OVERLAP_WINDOW)
     if method is FusionMethod.NON_LOCAL_WEIGHTED_VOTE:
         if target_features is None or atlas_features is None:
             raise ValueError(
@@ -376,7 +473,7 @@ def fuse(method: FusionMethod, labels: torch.Tensor, num_classes: int,
                 "'atlas_features' (e.g. MIND-SSC), got None"
             )
         return non_local_weighted_vote(labels, num_classes, target_features, atlas_features)
-    raise ValueError(
-        f"fuse(): method {method.value!r} (similarity-network PLF, seed 000) needs the similarity "
-        "model, which is not implemented yet; use 'mv', 'nlwv' or 'loa'"
-    )
+    if similarity is None:
+        raise ValueError("fuse(): method 'plf' (similarity-network patch-based label fusion) needs the "
+                         "similarity network's logits 'similarity', got None")
+    return patch_label_fusion(labels, num_classes, similarity)

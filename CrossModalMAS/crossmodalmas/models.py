@@ -311,7 +311,8 @@ def _from_path(path: Path, task: Task) -> ModelEntry:
     return entry
 
 
-def find_model(name_or_path: str | None, task: str | Task, folder: Path | None = None) -> ModelEntry:
+def find_model(name_or_path: str | None, task: str | Task, folder: Path | None = None,
+               flag: str = "--model") -> ModelEntry:
     """The model that ``--model`` names.
 
     Args:
@@ -320,6 +321,7 @@ def find_model(name_or_path: str | None, task: str | Task, folder: Path | None =
             or to a folder holding one (its default, or only, model of ``task``).
         task: ``"registration"`` or ``"similarity"``.
         folder: the manifest folder (default: the bundled models).
+        flag: the option that named the model, for messages.
 
     Returns:
         The entry, its ``folder`` set to where its ``file`` is relative to.
@@ -336,16 +338,16 @@ def find_model(name_or_path: str | None, task: str | Task, folder: Path | None =
     for entry in entries:
         if entry.name == name_or_path:
             if entry.task != task:
-                raise InputError(f"--model {name_or_path}: is a {entry.task.value} model, "
+                raise InputError(f"{flag} {name_or_path}: is a {entry.task.value} model, "
                                  f"a {task.value} model is needed here")
             return entry
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _from_path(path, task)
     if os.sep in name_or_path or "/" in name_or_path or name_or_path.endswith(".json"):
-        raise InputError(f"--model {name_or_path}: does not exist")
+        raise InputError(f"{flag} {name_or_path}: does not exist")
     names = ", ".join(e.name for e in entries if e.task == task) or "none"
-    raise InputError(f"--model {name_or_path}: no such {task.value} model (available: {names}; "
+    raise InputError(f"{flag} {name_or_path}: no such {task.value} model (available: {names}; "
                      "or give a path to a model entry .json or a folder with models.json)")
 
 

@@ -14,6 +14,7 @@ class FusionMethod(str, enum.Enum):
     NON_LOCAL_WEIGHTED_VOTE = "nlwv"
     PATCH_LABEL_FUSION = "plf"
     LABEL_OVERLAP = "loa"
+    LABEL_OVERLAP_LOCAL = "loa-local"
 
 
 # Default instance-optimisation iterations: refining a network's fields, and alone (per level).
@@ -31,7 +32,8 @@ class SegmentOptions:
     """Options of :func:`crossmodalmas.pipeline.segment`.
 
     Attributes:
-        fusion: label fusion method.
+        fusion: label fusion method; None: PLF where a similarity network is available
+            (``similarity_model``, else the bundled default), NLWV otherwise.
         select: keep the best ``select`` atlases after affine alignment (None: keep all).
         roi_ras: working region as two RAS corners ``(r0, a0, s0, r1, a1, s1)`` in mm; None
             finds it automatically (union box of the affinely aligned atlas labels + margin).
@@ -46,11 +48,13 @@ class SegmentOptions:
         refine_iterations: instance-optimisation iterations per resolution level: with a
             network, the refinement started from its fields (0: the network alone); without
             one, from zero. None takes the engine's default (:data:`DEFAULT_REFINE`).
+        similarity_model: the similarity network of PLF (a bundled model's name or a path to
+            a model entry .json / a folder with models.json); None is the bundled default.
         regularisation: weight of the diffusion regulariser of the instance optimisation.
         seed: random seed (the pipeline is deterministic given it).
     """
 
-    fusion: FusionMethod = FusionMethod.NON_LOCAL_WEIGHTED_VOTE
+    fusion: Optional[FusionMethod] = None
     select: Optional[int] = None
     roi_ras: Optional[tuple[float, float, float, float, float, float]] = None
     device: DeviceChoice = DeviceChoice.AUTO
@@ -59,11 +63,12 @@ class SegmentOptions:
     margin_mm: float = 10.0
     model: Optional[str] = None
     refine_iterations: Optional[int] = None
+    similarity_model: Optional[str] = None
     regularisation: float = 0.01
     seed: int = 0
 
     def __post_init__(self):
-        self.fusion = FusionMethod(self.fusion)
+        self.fusion = None if self.fusion is None else FusionMethod(self.fusion)
         self.device = DeviceChoice(self.device)
         if self.refine_iterations is not None and self.refine_iterations < 0:
             raise ValueError(f"SegmentOptions: 'refine_iterations' must be >= 0, got {self.refine_iterations}")
@@ -74,6 +79,6 @@ class SegmentOptions:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["fusion"] = self.fusion.value
+        out["fusion"] = None if self.fusion is None else self.fusion.value
         out["device"] = self.device.value
         return out

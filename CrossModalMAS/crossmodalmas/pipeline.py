@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from crossmodalmas import fusion as fusion_methods
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import CancelledError, InputError
@@ -21,14 +21,16 @@ from crossmodalmas.features import mind_ssc
 from crossmodalmas.options import FusionMethod, SegmentOptions
 from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.preprocess import (affine_align, label_box_in_target, resample,
-                                      resample_probabilities, robust_normalise, working_grid)
-from crossmodalmas.qc import atlas_qc
+                                      robust_normalise, working_grid)
+from crossmodalmas.qc import registration_qc
+from crossmodalmas.refusion import class_dtype, fused_fields
 from crossmodalmas.registration_engine import deformable_registration, load_registration_model
 from crossmodalmas.result import Result
-from crossmodalmas.selection import select_atlases
+from crossmodalmas.similarity_engine import load_similarity_model
+from crossmodalmas.selection import select_atlases, selection_scores
 from crossmodalmas.transforms import one_hot, warp
 from crossmodalmas.validate import check_labels, check_volume
-from crossmodalmas.volume import Grid, LabelMap, Volume
+from crossmodalmas.volume import Grid, Volume
 
 CancelCallback = Callable[[], bool]
 
@@ -147,6 +149,20 @@ def _on_grid(target, atlases, transforms, grid: Grid, table: np.ndarray, run: _R
     return target_w, kept, np.stack(images), np.stack(classes), coverage
 
 
+def _fusion_method(options: SegmentOptions) -> FusionMethod:
+    """The chosen fusion method; by default PLF where a similarity network is available, else
+    NLWV. Loads the similarity model for PLF, so a missing or damaged one fails before the work."""
+    if options.fusion is not None and options.fusion is not FusionMethod.PATCH_LABEL_FUSION:
+        return options.fusion
+    try:
+        load_similarity_model(options.similarity_model, torch.device("cpu"))
+    except InputError:
+        if options.fusion is FusionMethod.PATCH_LABEL_FUSION or options.similarity_model is not None:
+            raise
+        return FusionMethod.NON_LOCAL_WEIGHTED_VOTE
+    return FusionMethod.PATCH_LABEL_FUSION
+
+
 def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentOptions] = None,
             progress: Optional[ProgressCallback] = None,
             cancel: Optional[CancelCallback] = None) -> Result:
@@ -169,8 +185,7 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
     options = options or SegmentOptions()
     run = _Run(progress, cancel)
     run.step("validate", "checking inputs")
-    if options.fusion is FusionMethod.PATCH_LABEL_FUSION:
-        raise InputError("--fusion plf: the similarity network is not bundled yet; use mv, nlwv or loa")
+    options = replace(options, fusion=_fusion_method(options))
     atlases = _validated(target, atlases)
     device = resolve_device(options.device)
     model = load_registration_model(options.model, device)
@@ -181,11 +196,12 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
     grid = _region(target, atlases, transforms, options)
     target_w, kept, images, classes, coverage = _on_grid(target, atlases, transforms, grid, table, run)
     run.step("select", "atlas selection")
-    order = select_atlases(target_w, images, options.select)
+    scores = selection_scores(target_w, images)
+    order = select_atlases(scores, options.select)
     kept, images, classes = [kept[i] for i in order], images[order], classes[order]
-    coverage = [coverage[i] for i in order]
-    return _deform_and_fuse(target, grid, table, kept, images, classes, coverage, target_w, options,
-                            device, model, run)
+    coverage, scores = [coverage[i] for i in order], scores[order]
+    return _deform_and_fuse(target, grid, table, kept, images, classes, (coverage, scores), target_w,
+                            options, device, model, run)
 
 
 def _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run):
@@ -198,7 +214,7 @@ def _register(model, target_t, atlases_t, target_features, atlas_features, grid,
         progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn)
 
 
-def _deform_and_fuse(target, grid, table, kept, images, classes, coverage, target_w, options, device,
+def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target_w, options, device,
                      model, run):
     target_t = torch.from_numpy(target_w)[None, None].to(device)
     atlases_t = torch.from_numpy(images)[:, None].to(device)
@@ -206,25 +222,26 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, coverage, targe
     fields = _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run)
     run.step("fuse", f"label fusion ({options.fusion.value})")
     with torch.no_grad():
-        warped_features = warp(atlas_features, fields.forward)
         warped_classes = warp(one_hot(torch.from_numpy(classes)[:, None].to(device), len(table)),
-                              fields.forward).argmax(1, keepdim=True)
-        fused = fusion_methods.fuse(options.fusion, warped_classes, len(table),
-                                    target_features=target_features, atlas_features=warped_features)
-        warped_images = warp(atlases_t, fields.forward)[:, 0]
-    qc = atlas_qc([a.name for a in kept], fields, atlas_features, warped_features, target_features,
-                  warped_classes[:, 0], fused, coverage, grid.spacing_kji)
-    run.step("output", "resampling to the target grid")
-    labels = resample_probabilities(fused.probabilities.cpu().numpy(), grid, target.grid)
-    result = Result(
-        labels=LabelMap(table[labels], target.ijk_to_ras.copy()), working_grid=grid,
-        label_values=table, atlas_names=[a.name for a in kept],
-        warped_images=warped_images.cpu().numpy().astype(np.float32),
-        warped_labels=table[warped_classes[:, 0].cpu().numpy()].astype(np.int32),
-        weights=fused.weights.cpu().numpy().astype(np.float32),
-        uncertainty=fused.uncertainty.cpu().numpy().astype(np.float32),
-        qc=qc, fusion=options.fusion, device=str(device), warnings=run.warnings,
-        registration=model.name if model is not None else "instance-opt")
+                              fields.forward).argmax(1)
+        warped_images = warp(atlases_t, fields.forward)
+        warped_features = mind_ssc(warped_images)  # of the warped image: what re-fusion recomputes
+    names = [a.name for a in kept]
+    coverage, scores = ranking
+    qc = registration_qc(names, fields, atlas_features, warped_features, target_features, coverage,
+                         grid.spacing_kji)
+    qc = [replace(item, selection_score=float(score)) for item, score in zip(qc, scores)]
+    del fields, atlas_features
+    warped_images = warped_images[:, 0].cpu().numpy().astype(np.float32)
+    warped_classes = warped_classes.cpu().numpy().astype(class_dtype(len(table)))
+    fused = fused_fields(options.fusion, grid, target.grid, table, target_w, warped_images, warped_classes,
+                         qc, device, similarity_model=options.similarity_model,
+                         features=(target_features, warped_features))
+    run.step("output", "assembling the result")
+    result = Result(working_grid=grid, label_values=table, atlas_names=names, target_image=target_w,
+                    warped_images=warped_images, warped_classes=warped_classes, device=str(device),
+                    warnings=run.warnings, registration=model.name if model is not None else "instance-opt",
+                    **fused)
     run.finish()
     result.timings = run.timings
     return result

@@ -254,6 +254,8 @@ def resample_probabilities(probabilities: np.ndarray, source: Grid, target: Grid
 
     from crossmodalmas.transforms import sample_at
 
+    if tuple(source.shape) == tuple(target.shape) and np.allclose(source.ijk_to_ras, target.ijk_to_ras):
+        return np.asarray(probabilities).argmax(axis=0)  # the same grid: nothing to interpolate
     out = np.zeros(target.shape, dtype=np.int64)
     lo, hi = _region_in(target, source)
     target_to_source = np.linalg.inv(source.ijk_to_ras) @ target.ijk_to_ras

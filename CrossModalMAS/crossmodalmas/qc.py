@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -34,11 +35,11 @@ def _weight_shares(warped_classes: torch.Tensor, weights: torch.Tensor) -> list[
     return [float(w[region].mean()) for w in weights]
 
 
-def atlas_qc(names: Sequence[str], fields: RegistrationFields, atlas_features: torch.Tensor,
-             warped_features: torch.Tensor, target_features: torch.Tensor,
-             warped_classes: torch.Tensor, fused: Fused, coverage: Sequence[float],
-             spacing_kji) -> list[AtlasQC]:
-    """Quality figures of every atlas (see :class:`crossmodalmas.result.AtlasQC`).
+def registration_qc(names: Sequence[str], fields: RegistrationFields, atlas_features: torch.Tensor,
+                    warped_features: torch.Tensor, target_features: torch.Tensor,
+                    coverage: Sequence[float], spacing_kji) -> list[AtlasQC]:
+    """The registration's quality figures of every atlas (the fusion's come from
+    :func:`with_fusion_figures`).
 
     Args:
         names: atlas names, N of them.
@@ -46,29 +47,38 @@ def atlas_qc(names: Sequence[str], fields: RegistrationFields, atlas_features: t
         atlas_features: ``(N, F, D, H, W)`` descriptors after affine alignment only.
         warped_features: ``(N, F, D, H, W)`` descriptors after the deformable step.
         target_features: ``(1, F, D, H, W)`` target descriptors.
-        warped_classes: ``(N, D, H, W)`` warped class indices.
-        fused: the fusion output.
         coverage: fraction of the region each atlas covers.
         spacing_kji: working-grid spacing in mm along (k, j, i).
     """
     before = descriptor_similarity(atlas_features, target_features)
     after = descriptor_similarity(warped_features, target_features)
-    shares = _weight_shares(warped_classes, fused.weights)
-    fused_labels = fused.labels
-    num_classes = fused.probabilities.shape[0]
-    smoothness = [determinant_figures(jacobian_determinant(fields.forward[i:i + 1].float()))
-                  for i in range(len(names))]  # one determinant per atlas for both figures
-    return [
-        AtlasQC(
+    out = []
+    for i, name in enumerate(names):
+        smoothness = determinant_figures(jacobian_determinant(fields.forward[i:i + 1].float()))
+        out.append(AtlasQC(
             name=name,
-            weight_share=shares[i],
-            agreement=multiclass_dice(warped_classes[i], fused_labels, num_classes),
-            folding_percent=smoothness[i]["folding_percent"],
-            sd_log_jacobian=smoothness[i]["sd_log_jacobian"],
-            inverse_consistency_mm=inverse_consistency_mm(fields.forward[i:i + 1], fields.backward[i:i + 1], spacing_kji),
+            folding_percent=smoothness["folding_percent"],
+            sd_log_jacobian=smoothness["sd_log_jacobian"],
+            inverse_consistency_mm=inverse_consistency_mm(fields.forward[i:i + 1], fields.backward[i:i + 1],
+                                                          spacing_kji),
             similarity_before=float(before[i]),
             similarity_after=float(after[i]),
             coverage=float(coverage[i]),
-        )
-        for i, name in enumerate(names)
-    ]
+        ))
+    return out
+
+
+def with_fusion_figures(qc: Sequence[AtlasQC], warped_classes: torch.Tensor, fused: Fused) -> list[AtlasQC]:
+    """``qc`` with each atlas's weight share and agreement with the fused labels filled in.
+
+    Args:
+        qc: the atlases' registration figures, in the order of ``warped_classes``.
+        warped_classes: ``(N, D, H, W)`` warped class indices.
+        fused: the fusion output.
+    """
+    shares = _weight_shares(warped_classes, fused.weights)
+    fused_labels = fused.labels
+    num_classes = fused.probabilities.shape[0]
+    return [replace(item, weight_share=shares[i],
+                    agreement=multiclass_dice(warped_classes[i], fused_labels, num_classes))
+            for i, item in enumerate(qc)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -25,36 +26,46 @@ class AtlasQC:
         similarity_before: MIND-SSC similarity to the target after affine only, in [0, 1].
         similarity_after: the same after the deformable step.
         coverage: fraction of the working region the affinely aligned atlas image covers.
+        selection_score: the atlas selection's score (normalised mutual information with the
+            target after affine alignment, :mod:`crossmodalmas.selection`), in [1, 2].
     """
 
     name: str
-    weight_share: float
-    agreement: float
     folding_percent: float
     sd_log_jacobian: float
     inverse_consistency_mm: float
     similarity_before: float
     similarity_after: float
     coverage: float
+    selection_score: float = float("nan")
+    weight_share: float = float("nan")  # set by the fusion (crossmodalmas.qc.with_fusion_figures)
+    agreement: float = float("nan")
 
 
 @dataclass
 class Result:
-    """The output of :func:`crossmodalmas.pipeline.segment`.
+    """The output of :func:`crossmodalmas.pipeline.segment`, and all that fusing again needs
+    (:func:`crossmodalmas.refusion.refuse`: another method or a subset of the atlases, without
+    registering again).
 
     Attributes:
         labels: the segmentation on the target's exact grid, with the atlases' label values.
         working_grid: the grid the registration and fusion ran on.
         label_values: ``(C,)`` label value of each fused class index (index 0 = background).
         atlas_names: names of the atlases used, in the order of the arrays below.
+        target_image: ``(K, J, I)`` float32 target on the working grid (normalised to [0, 1]).
         warped_images: ``(N, K, J, I)`` float32 warped atlas images (normalised to [0, 1]).
-        warped_labels: ``(N, K, J, I)`` int32 warped atlas label values.
+        warped_classes: ``(N, K, J, I)`` uint8 (int16 beyond 255 classes) warped atlas class
+            indices into ``label_values``.
         weights: ``(N, K, J, I)`` float32 per-atlas fusion weight maps (sum 1 over atlases).
         uncertainty: ``(K, J, I)`` float32 normalised entropy of the fused label distribution.
         qc: per-atlas quality figures.
         fusion: the fusion method used.
         device: the torch device the run used.
         registration: the registration network's model name, or "instance-opt".
+        similarity: ``(N, K, J, I)`` float32 similarity-network logits where the atlases
+            disagree (0 elsewhere), once PLF has run; None before.
+        similarity_model: the similarity network's model name, once PLF has run.
         timings: seconds per step.
         warnings: what was dropped or adjusted, in words.
     """
@@ -63,16 +74,24 @@ class Result:
     working_grid: Grid
     label_values: np.ndarray
     atlas_names: list[str]
+    target_image: np.ndarray
     warped_images: np.ndarray
-    warped_labels: np.ndarray
+    warped_classes: np.ndarray
     weights: np.ndarray
     uncertainty: np.ndarray
     qc: list[AtlasQC]
     fusion: FusionMethod
     device: str
     registration: str = "instance-opt"
+    similarity: Optional[np.ndarray] = None
+    similarity_model: Optional[str] = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def warped_labels(self) -> np.ndarray:
+        """``(N, K, J, I)`` int32 warped atlas label values."""
+        return self.label_values.astype(np.int32)[self.warped_classes]
 
     def _on_working_grid(self, array: np.ndarray) -> Volume:
         return Volume(array, self.working_grid.ijk_to_ras.copy())
@@ -83,7 +102,8 @@ class Result:
 
     def warped_atlas_labels(self, index: int) -> LabelMap:
         """Atlas ``index``'s warped labels on the working grid."""
-        return LabelMap(self.warped_labels[index], self.working_grid.ijk_to_ras.copy())
+        values = self.label_values.astype(np.int32)[self.warped_classes[index]]
+        return LabelMap(values, self.working_grid.ijk_to_ras.copy())
 
     def weight_map(self, index: int) -> Volume:
         """Atlas ``index``'s fusion weight map on the working grid."""
@@ -99,6 +119,7 @@ class Result:
             "fusion": self.fusion.value,
             "device": self.device,
             "registration": self.registration,
+            "similarity_model": self.similarity_model,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "working_grid": {"shape_kji": list(self.working_grid.shape),
                              "spacing_mm": [round(float(s), 4) for s in self.working_grid.spacing]},

@@ -12,6 +12,7 @@ from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.options import SegmentOptions
 from crossmodalmas.pipeline import segment
 from crossmodalmas.result import Result
+from crossmodalmas.result_io import save_result
 from crossmodalmas.volume import read_volume, write_labels, write_volume
 
 
@@ -41,8 +42,9 @@ def _check_output(output: Path, inputs: list[Path], flag: str = "--output") -> N
 
 
 def options_from_args(args) -> SegmentOptions:
-    return SegmentOptions(model=args.model, fusion=args.fusion, select=args.select, roi_ras=tuple(args.roi) if args.roi else None,
-                          device=args.device, refine_iterations=args.refine)
+    return SegmentOptions(model=args.model, fusion=args.fusion, select=args.select,
+                          roi_ras=tuple(args.roi) if args.roi else None, device=args.device,
+                          refine_iterations=args.refine, similarity_model=args.similarity_model)
 
 
 def _write_previews(result: Result, folder: Path, written: list[Path], cancel) -> None:
@@ -59,6 +61,7 @@ def _write_previews(result: Result, folder: Path, written: list[Path], cancel) -
     path = folder / "uncertainty.nii.gz"
     write_volume(result.uncertainty_map(), path)
     written.append(path)
+    written.extend(save_result(result, folder))  # what re-fusion (Slicer's Re-fuse) reads back
 
 
 def _write_outputs(args, result: Result, report: dict, cancel) -> None:

@@ -33,24 +33,27 @@ def normalised_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) 
     return (entropy(joint.sum(0)) + entropy(joint.sum(1))) / joint_entropy
 
 
-def select_atlases(target: np.ndarray, atlases: np.ndarray, keep: Optional[int]) -> np.ndarray:
-    """Indices of the ``keep`` atlases most similar to the target, best first.
+def selection_scores(target: np.ndarray, atlases: np.ndarray) -> np.ndarray:
+    """NMI of each affinely aligned atlas ``(N, K, J, I)`` with the ``target`` ``(K, J, I)``: ``(N,)``."""
+    return np.array([normalised_mutual_information(target, atlas) for atlas in atlases])
+
+
+def select_atlases(scores: np.ndarray, keep: Optional[int]) -> np.ndarray:
+    """Indices of the ``keep`` atlases with the highest ``scores``, best first.
 
     Args:
-        target: ``(K, J, I)`` normalised target on the working grid.
-        atlases: ``(N, K, J, I)`` normalised, affinely aligned atlases on the same grid.
+        scores: ``(N,)`` selection scores (:func:`selection_scores`).
         keep: how many to keep; None or >= N keeps all, in their given order.
 
     Returns:
-        ``(min(keep, N),)`` int indices into ``atlases``.
+        ``(min(keep, N),)`` int indices.
 
     Raises:
         ValueError: ``keep`` < 1.
     """
-    count = len(atlases)
+    count = len(scores)
     if keep is None or keep >= count:
         return np.arange(count)
     if keep < 1:
         raise ValueError(f"select_atlases(): 'keep' must be >= 1, got {keep}")
-    scores = np.array([normalised_mutual_information(target, atlas) for atlas in atlases])
-    return np.argsort(-scores, kind="stable")[:keep]
+    return np.argsort(-np.asarray(scores), kind="stable")[:keep]

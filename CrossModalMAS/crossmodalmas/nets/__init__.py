@@ -1,4 +1,4 @@
-"""Networks: the consistent registration network (and, later, the similarity network).
+"""Networks: the consistent registration network and the similarity network.
 
 :func:`build_network` turns a ``models.json`` entry's ``architecture`` and ``arguments``
 into a module, so bundled and user-trained models load the same way.
@@ -9,9 +9,11 @@ from __future__ import annotations
 from torch import nn
 
 from crossmodalmas.nets.registration_net import ConsistentRegistrationNet
+from crossmodalmas.nets.similarity import SimilarityNet
 
 ARCHITECTURES = {
     "consistent-registration-net": ConsistentRegistrationNet,
+    "similarity-net": SimilarityNet,
 }
 
 

@@ -22,8 +22,35 @@ class LossKind(str, enum.Enum):
     LABEL_CONSTRAINED = "label_constrained"
 
 
+class JsonConfig:
+    """Reading a typed run configuration from JSON, with one-line errors naming the source."""
+
+    @classmethod
+    def from_dict(cls, values: dict, origin: str = "config"):
+        """Build from a dict; unknown keys are an error (a typo must not pass silently)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"{origin}: unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"{origin}: {error}") from error
+
+    @classmethod
+    def from_json(cls, path: Path):
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"--config {path}: cannot read it as JSON: {error}") from error
+        if not isinstance(values, dict):
+            raise InputError(f"--config {path}: must hold a JSON object")
+        return cls.from_dict(values, origin=f"--config {path}")
+
+
 @dataclass
-class TrainRegistrationConfig:
+class TrainRegistrationConfig(JsonConfig):
     """Everything a registration training run depends on.
 
     Attributes:
@@ -96,26 +123,3 @@ class TrainRegistrationConfig:
         out.update(loss=self.loss.value, sources=list(self.sources), shape=list(self.shape),
                    net=self.net.to_dict(), synth=self.synth.to_dict())
         return out
-
-    @classmethod
-    def from_dict(cls, values: dict, origin: str = "config") -> "TrainRegistrationConfig":
-        """Build from a dict; unknown keys are an error (a typo must not pass silently)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"{origin}: unknown key(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(known))}")
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as error:
-            raise InputError(f"{origin}: {error}") from error
-
-    @classmethod
-    def from_json(cls, path: Path) -> "TrainRegistrationConfig":
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise InputError(f"--config {path}: cannot read it as JSON: {error}") from error
-        if not isinstance(values, dict):
-            raise InputError(f"--config {path}: must hold a JSON object")
-        return cls.from_dict(values, origin=f"--config {path}")

@@ -21,10 +21,22 @@ def _machine() -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def write_model(net: torch.nn.Module, config, architecture: str, accuracy: dict,
-                seconds: float, out: Path) -> Path:
+def write_model(net: torch.nn.Module, config, architecture: str, accuracy: dict, seconds: float,
+                out: Path, task: str, working_grid: dict, description: str) -> Path:
     """Write ``model.pt`` (``{config, state_dict, version}``, tensors only, so it loads with
-    ``weights_only=True``) and ``model.json``; returns the entry's path."""
+    ``weights_only=True``) and ``model.json``; returns the entry's path.
+
+    Args:
+        net: the trained network.
+        config: the run's config (has ``name``, ``net``, ``sources``, ``steps``, ``to_dict()``).
+        architecture: the name :func:`crossmodalmas.nets.build_network` knows.
+        accuracy: the final validation figures.
+        seconds: the training time.
+        out: the run folder.
+        task: ``"registration"`` or ``"similarity"``.
+        working_grid: ``{"spacing_mm", "max_voxels"}`` the network runs at.
+        description: one line for people.
+    """
     out = Path(out)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     save_checkpoint({"config": config.net.to_dict(), "state_dict": state,
@@ -33,21 +45,17 @@ def write_model(net: torch.nn.Module, config, architecture: str, accuracy: dict,
         "name": config.name,
         "file": MODEL_FILE,
         "sha256": sha256_of(out / MODEL_FILE),
-        "task": "registration",
+        "task": task,
         "architecture": architecture,
         "arguments": config.net.to_dict(),
-        # The network runs at the scale it was trained at: anatomy filling about as many voxels
-        # as a training pair, never finer than ``finest_spacing_mm``.
-        "working_grid": {"spacing_mm": config.finest_spacing_mm,
-                         "max_voxels": int(config.shape[0] * config.shape[1] * config.shape[2])},
+        "working_grid": working_grid,
         "normalisation": "percentile-0.5-99.5-to-0-1",
         "training": {"recipe": config.to_dict(), "data": list(config.sources),
                      "steps": config.steps, "seconds": round(seconds, 1), "machine": _machine()},
         "accuracy": {"synthetic_validation": {k: round(v, 4) for k, v in accuracy.items()}},
         "inference_seconds": {"cpu": None, "gpu": None},
         "default": False,
-        "description": f"consistent registration network ({config.net.mode.value} mode), "
-                       f"trained on synthetic pairs from {', '.join(config.sources)}",
+        "description": description,
     })
     write_entry(entry, out / ENTRY_FILE)
     return out / ENTRY_FILE

@@ -8,18 +8,14 @@ with its ``model.json`` entry, which ``--model PATH`` and ``models.json`` accept
 
 from __future__ import annotations
 
-import json
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from tqdm import tqdm
 
 from crossmodalmas import __version__
 from crossmodalmas.devices import resolve_device
-from crossmodalmas.errors import InputError
 from crossmodalmas.label_sources import LabelMapBank, LabelSource, Split
 from crossmodalmas.losses import consistent_registration_loss, label_constrained_loss
 from crossmodalmas.nets import build_network
@@ -27,12 +23,13 @@ from crossmodalmas.synth import synth_pair
 from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from crossmodalmas.train.config import LossKind, TrainRegistrationConfig
 from crossmodalmas.train.log import TrainingLog
+from crossmodalmas.train.loop import train_loop
 from crossmodalmas.train.model_entry import write_model
+from crossmodalmas.train.run_folder import prepare_folder
 from crossmodalmas.train.validation import validate, validation_pairs
 from crossmodalmas.transforms import one_hot, warp
 
 ARCHITECTURE = "consistent-registration-net"
-_LOG_EVERY = 10
 _COLUMNS = ["step", "seconds", "loss", "dice", "smoothness", "invertibility", "similarity", "end_point_error",
             "val_dice_before", "val_dice", "val_folding_percent"]
 
@@ -121,35 +118,19 @@ class _Run:
         self.optimiser.step()
         return {name: float(value.detach()) for name, value in terms.items()}
 
+    def validate(self) -> dict:
+        return validate(self.net, self.validation)
 
-def _same_recipe(a: TrainRegistrationConfig, b: TrainRegistrationConfig) -> bool:
-    """Equal apart from the number of steps (which a resume may extend)."""
-    return {**a.to_dict(), "steps": 0} == {**b.to_dict(), "steps": 0}
+    def checkpoint(self) -> None:
+        save_checkpoint(self.state(), self.out / CHECKPOINT_NAME)
+        self.log.plot("loss", "val_dice")
 
 
-def _prepare_folder(config: Optional[TrainRegistrationConfig], out: Path, resume: bool,
-                    steps: Optional[int]) -> TrainRegistrationConfig:
-    """The run's config (the given one for a new run, the saved one for ``--resume``),
-    with ``steps`` overriding its length, saved as ``out/config.json``."""
-    saved = out / "config.json"
-    if resume:
-        if not saved.is_file():
-            raise InputError(f"--resume: {out} holds no training run (no config.json)")
-        stored = TrainRegistrationConfig.from_json(saved)
-        if config is not None and not _same_recipe(config, stored):
-            raise InputError(f"--resume: --config differs from the run's {saved}; resume "
-                             "without --config, or start a new run in another folder")
-        config = stored
-    elif config is None:
-        raise InputError("train-registration: --config is needed for a new run")
-    elif (out / CHECKPOINT_NAME).exists() or saved.exists():
-        raise InputError(f"--out {out} already holds a training run; pass --resume to go on "
-                         "with it, or choose another folder (nothing was overwritten)")
-    if steps is not None:
-        config.steps = steps
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(config.to_dict(), indent=2))
-    return config
+def _working_grid(config: TrainRegistrationConfig) -> dict:
+    # The network runs at the scale it was trained at: anatomy filling about as many voxels
+    # as a training pair, never finer than ``finest_spacing_mm``.
+    return {"spacing_mm": config.finest_spacing_mm,
+            "max_voxels": int(config.shape[0] * config.shape[1] * config.shape[2])}
 
 
 def train_registration(config: Optional[TrainRegistrationConfig], out: Path, resume: bool = False,
@@ -170,42 +151,17 @@ def train_registration(config: Optional[TrainRegistrationConfig], out: Path, res
         InputError: a bad folder, config or checkpoint.
     """
     out = Path(out)
-    config = _prepare_folder(config, out, resume, steps)
+    config = prepare_folder(TrainRegistrationConfig, config, out, resume, steps, "train-registration")
     if config.threads:
         torch.set_num_threads(config.threads)
     run = _Run(config, out)
     if resume:
         run.restore(load_checkpoint(out / CHECKPOINT_NAME, run.device))
-    _loop(run, show_progress, should_stop or (lambda: False))
-    save_checkpoint(run.state(), out / CHECKPOINT_NAME)
+    train_loop(run, "train-registration", show_progress, should_stop or (lambda: False))
+    run.checkpoint()
     if run.step < config.steps:
         return out / CHECKPOINT_NAME
-    run.log.plot("loss", "val_dice")
-    return write_model(run.net, config, ARCHITECTURE, validate(run.net, run.validation),
-                       run.seconds, out)
-
-
-def _loop(run: _Run, show_progress: bool, should_stop: Callable[[], bool]) -> None:
-    config = run.config
-    last_checkpoint = time.monotonic()
-    bar = tqdm(total=config.steps, initial=run.step, disable=not show_progress,
-               desc="train-registration", unit="step")
-    started = time.monotonic() - run.seconds
-    while run.step < config.steps and not should_stop():
-        terms = run.train_step()
-        run.step += 1
-        run.seconds = time.monotonic() - started
-        bar.update(1)
-        row = {}
-        if run.step % _LOG_EVERY == 0:
-            row = {"loss": terms["total"], **{k: v for k, v in terms.items() if k != "total"}}
-            bar.set_postfix(loss=f"{terms['total']:.3f}")
-        if run.step % config.validate_every == 0 or run.step == config.steps:
-            row.update(validate(run.net, run.validation))
-        if row:
-            run.log.append({"step": run.step, "seconds": round(run.seconds, 1), **row})
-        if time.monotonic() - last_checkpoint > 60 * config.checkpoint_minutes:
-            save_checkpoint(run.state(), run.out / CHECKPOINT_NAME)
-            run.log.plot("loss", "val_dice")
-            last_checkpoint = time.monotonic()
-    bar.close()
+    return write_model(run.net, config, ARCHITECTURE, run.validate(), run.seconds, out,
+                       task="registration", working_grid=_working_grid(config),
+                       description=f"consistent registration network ({config.net.mode.value} mode), "
+                                   f"trained on synthetic pairs from {', '.join(config.sources)}")
