@@ -282,3 +282,16 @@ def test_nlwv_errors():
         non_local_weighted_vote(labels, 2, target, atlas, patch_radius=1.5)
     with pytest.raises(ValueError, match=r"non_local_weighted_vote\(\): 'chunk' must be an int >= 1, got 0"):
         non_local_weighted_vote(labels, 2, target, atlas, chunk=0)
+
+
+@pytest.mark.parametrize("method", list(FusionMethod))
+def test_fusion_never_modifies_its_inputs(method):
+    labels = _random_labels(3, 3, seed=21)
+    features = _random_features(4, seed=22)
+    logits = torch.randn((3, *SHAPE), generator=torch.Generator().manual_seed(23))
+    copies = [t.clone() for t in (labels, features, logits)]
+    first = fuse(method, labels, 3, features[:1], features[1:], similarity=logits)
+    second = fuse(method, labels, 3, features[:1], features[1:], similarity=logits)
+    for before, after in zip(copies, (labels, features, logits)):
+        assert torch.equal(before, after)
+    torch.testing.assert_close(first.probabilities, second.probabilities)

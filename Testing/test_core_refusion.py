@@ -207,11 +207,9 @@ def test_refusion_keeps_the_similarity_cache_across_methods(result):
     assert not math.isnan(subset.qc[0].weight_share)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: with cached logits, refuse(method='plf', similarity_model=B) reuses the cache "
-                          "(computed by A) but labels the result as B's")
-def test_cached_logits_keep_the_name_of_the_network_that_made_them(result):
+def test_cached_logits_serve_their_own_network_and_another_is_computed_afresh(result):
     cached = replace(result, similarity=_logits(result), similarity_model="hand-made")
-    plf = refuse(cached, method="plf", similarity_model="another-net")
-    assert np.array_equal(plf.similarity, cached.similarity)  # the cache was used...
-    assert plf.similarity_model == "hand-made"  # ...so it is still the hand-made logits
+    same = refuse(cached, method="plf", similarity_model="hand-made")
+    assert np.array_equal(same.similarity, cached.similarity) and same.similarity_model == "hand-made"
+    with pytest.raises(InputError, match=r"^--similarity-model another-net: no such similarity model"):
+        refuse(cached, method="plf", similarity_model="another-net")  # not the cache's network: computed

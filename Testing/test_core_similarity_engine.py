@@ -77,11 +77,6 @@ def test_inside_the_box_the_logits_are_the_whole_images(voxels):
     assert (logits[:, ~inside] == 0).all()
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug: the crop starts HALO voxels before the box without rounding "
-           "to the stride (2); on an odd start the crop's half-resolution grid "
-           "is not the whole image's and the logits differ by ~1e-2")
 def test_inside_an_odd_box_the_logits_are_the_whole_images():
     model = _model()
     target, atlases = _images()
@@ -93,10 +88,6 @@ def test_inside_an_odd_box_the_logits_are_the_whole_images():
     torch.testing.assert_close(logits[:, inside], whole[:, inside], atol=1e-4, rtol=0)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug: HALO (10) is one voxel short for mind_ssc input (reach 11), "
-           "so a box ending on an odd voxel of an even-started crop differs by ~5e-4")
 def test_mind_ssc_logits_inside_the_box_are_the_whole_images():
     # Uniform noise: MIND-SSC's global variance floor does not bind, so only the context counts.
     model = _model(features="mind_ssc")

@@ -13,6 +13,7 @@ from crossmodalmas.models import find_model, load_network, sha256_of
 from crossmodalmas.nets import build_network
 from crossmodalmas.nets.similarity import SimilarityNet
 from crossmodalmas.registration_engine import load_registration_model
+from crossmodalmas.train.model_entry import write_model
 from crossmodalmas.train.patches import patch_dice, random_offsets, sample_queries, triplets
 from crossmodalmas.train.similarity import train_similarity, triplet_loss
 from crossmodalmas.train.similarity_config import TrainSimilarityConfig
@@ -152,36 +153,31 @@ def test_config_round_trips_through_json(tmp_path):
     assert TrainSimilarityConfig.from_json(path) == _config()
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="bug: registration_model 'instance-opt' raises a plain ValueError (CLI exit 1, "
-                          "'unexpected error') where the docstring promises InputError")
 def test_instance_optimisation_is_refused_as_bad_input(tmp_path):
-    with pytest.raises(InputError, match=r"'registration_model' must name a registration network"):
+    with pytest.raises(InputError, match=r"^train-similarity: 'registration_model' must name a registration "
+                                         r"network, not 'instance-opt'$"):
         train_similarity(_config(registration_model="instance-opt"), tmp_path, show_progress=False)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: config.json is written before the registration model is loaded, so a "
-                          "refused run blocks its folder ('already holds a training run')")
 def test_a_refused_registration_model_leaves_the_folder_free(tmp_path):
     with pytest.raises(InputError, match=r"no-such-registration: no such registration model"):
         train_similarity(_config(registration_model="no-such-registration"), tmp_path, show_progress=False)
     assert not (tmp_path / "config.json").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="bug: a NaN validation figure is written to model.json as a bare NaN (not "
-                          "JSON); result_io writes null for the same case")
-def test_model_entry_is_strict_json(finished):
+def test_model_entry_is_strict_json(finished, tmp_path):
     folder, _ = finished
-    # the precondition: with seed 000's fixed 0.9 / 0.5 no validation pair is ranked, so the figure is NaN
-    accuracy = json.loads((folder / "model.json").read_text())["accuracy"]["synthetic_validation"]
-    assert math.isnan(accuracy["val_triplet_accuracy"])
 
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
 
     json.loads((folder / "model.json").read_text(), parse_constant=refuse)
+    # a figure that could not be measured (NaN: no ranked pair) is written as null
+    net = load_network(find_model(str(folder / "model.json"), "similarity"))
+    entry = write_model(net, _config(), "similarity-net", {"val_triplet_accuracy": math.nan}, 1.0, tmp_path,
+                        task="similarity", working_grid={"spacing_mm": 1.0, "max_voxels": 8}, description="")
+    accuracy = json.loads(entry.read_text(), parse_constant=refuse)["accuracy"]["synthetic_validation"]
+    assert accuracy == {"val_triplet_accuracy": None}
 
 
 def test_rank_figures_of_a_perfect_and_a_reversed_ranking():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -55,11 +55,14 @@ class Fused:
     probabilities: torch.Tensor
     weights: torch.Tensor
     uncertainty: torch.Tensor
+    decided: Optional[torch.Tensor] = field(default=None, repr=False)
+    where: Optional[torch.Tensor] = field(default=None, repr=False)  # flat indices where atlases disagree
 
     @property
     def labels(self) -> torch.Tensor:
-        """``(D, H, W)`` int64 class indices: argmax of ``probabilities`` over ``C``."""
-        return self.probabilities.argmax(dim=0)
+        """``(D, H, W)`` int64 class indices: argmax of ``probabilities`` over ``C`` (kept from
+        the vote where it was counted only where the atlases disagree)."""
+        return self.decided if self.decided is not None else self.probabilities.argmax(dim=0)
 
 
 def _check_labels(fn: str, labels: torch.Tensor, num_classes: int) -> None:
@@ -142,16 +145,18 @@ def _weighted_vote(labels: torch.Tensor, weights: torch.Tensor, num_classes: int
     probabilities = torch.zeros((num_classes, flat.shape[1]), dtype=torch.float32, device=labels.device)
     probabilities.scatter_(0, flat[:1].long(), 1.0)  # where all agree: their class
     uncertainty = torch.zeros(flat.shape[1], dtype=torch.float32, device=labels.device)
+    decided = flat[0].to(torch.int64, copy=True)  # the class where all agree, the vote's winner elsewhere
     if where.numel():
         votes = torch.zeros((num_classes, where.numel()), dtype=torch.float32, device=labels.device)
         chosen = weights.reshape(n, -1)[:, where] if per_voxel else weights.reshape(n, 1).expand(n, where.numel())
         votes.scatter_add_(0, flat[:, where].long(), chosen.float())
         probabilities[:, where] = votes  # the weights sum to 1 over atlases: already normalised
+        decided[where] = votes.argmax(dim=0)
         if num_classes > 1:
             entropy = -torch.special.xlogy(votes, votes).sum(dim=0)
             uncertainty[where] = (entropy / math.log(num_classes)).clamp(0.0, 1.0)
     return Fused(probabilities=probabilities.view(num_classes, *spatial), weights=weights.float().expand(n, *spatial),
-                 uncertainty=uncertainty.view(spatial))
+                 uncertainty=uncertainty.view(spatial), decided=decided.view(spatial), where=where)
 
 
 def majority_vote(labels: torch.Tensor, num_classes: int) -> Fused:

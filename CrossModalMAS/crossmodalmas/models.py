@@ -351,6 +351,18 @@ def find_model(name_or_path: str | None, task: str | Task, folder: Path | None =
                      "or give a path to a model entry .json or a folder with models.json)")
 
 
+@dataclass
+class LoadedModel:
+    """A network loaded from its model entry (what the pipeline's engines hold)."""
+
+    entry: ModelEntry
+    net: object  # torch.nn.Module; torch is imported lazily by this module
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
 # --- checking and loading weights -------------------------------------------------------------
 
 def sha256_of(path: Path) -> str:

@@ -233,6 +233,11 @@ def _region_in(target: Grid, source: Grid) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+def same_grid(a: Grid, b: Grid) -> bool:
+    """Whether two grids have the same shape and voxel positions (to 1e-6 mm)."""
+    return tuple(a.shape) == tuple(b.shape) and np.allclose(a.ijk_to_ras, b.ijk_to_ras, rtol=0.0, atol=1e-6)
+
+
 def resample_probabilities(probabilities: np.ndarray, source: Grid, target: Grid,
                            slab: int = 16) -> np.ndarray:
     """Per-class probabilities on ``source`` -> class indices (argmax) on ``target``.
@@ -254,8 +259,8 @@ def resample_probabilities(probabilities: np.ndarray, source: Grid, target: Grid
 
     from crossmodalmas.transforms import sample_at
 
-    if tuple(source.shape) == tuple(target.shape) and np.allclose(source.ijk_to_ras, target.ijk_to_ras):
-        return np.asarray(probabilities).argmax(axis=0)  # the same grid: nothing to interpolate
+    if same_grid(source, target):
+        return np.asarray(probabilities).argmax(axis=0)  # nothing to interpolate
     out = np.zeros(target.shape, dtype=np.int64)
     lo, hi = _region_in(target, source)
     target_to_source = np.linalg.inv(source.ijk_to_ras) @ target.ijk_to_ras

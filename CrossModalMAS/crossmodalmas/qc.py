@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from crossmodalmas.fusion import Fused
+from crossmodalmas.fusion import Fused, disagreement
 from crossmodalmas.instance_opt import RegistrationFields
 from crossmodalmas.metrics import determinant_figures, inverse_consistency_mm
 from crossmodalmas.transforms import jacobian_determinant
@@ -19,20 +19,21 @@ def descriptor_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - (a - b).abs().flatten(1).mean(1)
 
 
-def multiclass_dice(a: torch.Tensor, b: torch.Tensor, num_classes: int) -> float:
-    """Dice over all foreground classes at once: 2 sum|A_c & B_c| / sum(|A_c| + |B_c|)."""
-    overlap = total = 0.0
-    for c in range(1, num_classes):
-        in_a, in_b = a == c, b == c
-        overlap += float((in_a & in_b).sum())
-        total += float(in_a.sum() + in_b.sum())
+def multiclass_dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Dice over all foreground classes at once: 2 sum|A_c & B_c| / sum(|A_c| + |B_c|), which is
+    2 |{A = B > 0}| / (|{A > 0}| + |{B > 0}|)."""
+    overlap = float(((a == b) & (a > 0)).sum())
+    total = float((a > 0).sum() + (b > 0).sum())
     return 2.0 * overlap / total if total else 1.0
 
 
-def _weight_shares(warped_classes: torch.Tensor, weights: torch.Tensor) -> list[float]:
-    disagree = (warped_classes != warped_classes[:1]).any(0)
-    region = disagree if bool(disagree.any()) else torch.ones_like(disagree)
-    return [float(w[region].mean()) for w in weights]
+def _weight_shares(weights: torch.Tensor, where: torch.Tensor) -> list[float]:
+    """Each atlas's mean weight where the atlases disagree (``where``; everywhere, where they never do)."""
+    if weights.stride()[-3:] == (0, 0, 0):  # one weight per atlas (MV, global LOA): no voxel to average
+        return weights[:, 0, 0, 0].tolist()
+    if where.numel() == 0:
+        return [float(w.mean()) for w in weights]
+    return weights.reshape(weights.shape[0], -1)[:, where].mean(dim=1).tolist()
 
 
 def registration_qc(names: Sequence[str], fields: RegistrationFields, atlas_features: torch.Tensor,
@@ -68,6 +69,22 @@ def registration_qc(names: Sequence[str], fields: RegistrationFields, atlas_feat
     return out
 
 
+def _agreements(warped_classes: torch.Tensor, fused_labels: torch.Tensor, where: torch.Tensor) -> list[float]:
+    """:func:`multiclass_dice` of every atlas with the fused labels, counting only the voxels
+    where the atlases disagree (``where``): elsewhere every atlas and the fusion hold the same class."""
+    n = warped_classes.shape[0]
+    flat, fused = warped_classes.reshape(n, -1), fused_labels.reshape(-1)
+    common = float((flat[0] > 0).sum() - (flat[0, where] > 0).sum())  # foreground where all agree
+    varying, fused_varying = flat[:, where], fused[where]
+    fused_total = common + float((fused_varying > 0).sum())
+    out = []
+    for atlas in varying:
+        overlap = common + float(((atlas == fused_varying) & (atlas > 0)).sum())
+        total = common + float((atlas > 0).sum()) + fused_total
+        out.append(2.0 * overlap / total if total else 1.0)
+    return out
+
+
 def with_fusion_figures(qc: Sequence[AtlasQC], warped_classes: torch.Tensor, fused: Fused) -> list[AtlasQC]:
     """``qc`` with each atlas's weight share and agreement with the fused labels filled in.
 
@@ -76,9 +93,7 @@ def with_fusion_figures(qc: Sequence[AtlasQC], warped_classes: torch.Tensor, fus
         warped_classes: ``(N, D, H, W)`` warped class indices.
         fused: the fusion output.
     """
-    shares = _weight_shares(warped_classes, fused.weights)
-    fused_labels = fused.labels
-    num_classes = fused.probabilities.shape[0]
-    return [replace(item, weight_share=shares[i],
-                    agreement=multiclass_dice(warped_classes[i], fused_labels, num_classes))
-            for i, item in enumerate(qc)]
+    where = fused.where if fused.where is not None else disagreement(warped_classes[:, None])
+    shares = _weight_shares(fused.weights, where)
+    agreements = _agreements(warped_classes, fused.labels, where)
+    return [replace(item, weight_share=shares[i], agreement=agreements[i]) for i, item in enumerate(qc)]

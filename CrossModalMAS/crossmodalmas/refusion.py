@@ -20,7 +20,7 @@ from crossmodalmas.errors import InputError
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.fusion import disagreement, fuse
 from crossmodalmas.options import FusionMethod
-from crossmodalmas.preprocess import resample_probabilities
+from crossmodalmas.preprocess import resample_probabilities, same_grid
 from crossmodalmas.qc import with_fusion_figures
 from crossmodalmas.result import AtlasQC, Result
 from crossmodalmas.similarity_engine import load_similarity_model, similarity_logits
@@ -70,7 +70,8 @@ def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_valu
         InputError: PLF without a similarity model to compute the logits with.
     """
     method = FusionMethod(method)
-    classes = torch.from_numpy(np.ascontiguousarray(warped_classes)).to(device).long()[:, None]
+    # Kept as uint8/int16: the fusion widens only the voxels where the atlases disagree.
+    classes = torch.from_numpy(np.ascontiguousarray(warped_classes)).to(device)[:, None]
     target = torch.from_numpy(target_image)[None, None].to(device)
     images = torch.from_numpy(warped_images)[:, None].to(device)
     logits = None
@@ -82,7 +83,10 @@ def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_valu
     with torch.no_grad():
         fused = fuse(method, classes, len(label_values), target_features=target_features,
                      atlas_features=atlas_features, similarity=logits)
-    labels = resample_probabilities(fused.probabilities.cpu().numpy(), grid, target_grid)
+    if same_grid(grid, target_grid):
+        labels = fused.labels.cpu().numpy()
+    else:
+        labels = resample_probabilities(fused.probabilities.cpu().numpy(), grid, target_grid)
     return {
         "labels": LabelMap(label_values[labels], target_grid.ijk_to_ras.copy()),
         "weights": fused.weights.cpu().numpy().astype(np.float32),
@@ -143,7 +147,10 @@ def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
     except ValueError as error:
         choices = ", ".join(m.value for m in FusionMethod)
         raise InputError(f"refuse(): 'method' must be one of {choices}, got {method!r}") from error
-    similarity = None if result.similarity is None else result.similarity[indices]
+    # The cached logits serve unless another similarity network is asked for.
+    cached = result.similarity is not None and similarity_model in (None, result.similarity_model)
+    similarity = result.similarity[indices] if cached else None
+    model_name = result.similarity_model if cached else (similarity_model or result.similarity_model)
     kept = {
         "atlas_names": [result.atlas_names[i] for i in indices],
         "warped_images": result.warped_images[indices],
@@ -152,6 +159,5 @@ def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
     }
     fields = fused_fields(method, result.working_grid, result.labels.grid, result.label_values,
                           result.target_image, kept["warped_images"], kept["warped_classes"],
-                          [result.qc[i] for i in indices], device, similarity,
-                          similarity_model or result.similarity_model)
+                          [result.qc[i] for i in indices], device, similarity, model_name)
     return replace(result, **kept, **fields)

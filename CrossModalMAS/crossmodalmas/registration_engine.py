@@ -10,7 +10,6 @@ batch is halved until it fits, then the CPU is used, and the run says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -18,23 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from crossmodalmas.instance_opt import InstanceOptConfig, RegistrationFields, register
-from crossmodalmas.models import ModelEntry, find_model, load_network
+from crossmodalmas.models import LoadedModel, ModelEntry, find_model, load_network
 from crossmodalmas.nets.registration_net import PredictedFields
 from crossmodalmas.transforms import resize_flow
 
 INSTANCE_OPTIMISATION = "instance-opt"  # --model value that skips the network
 
 
-@dataclass
-class RegistrationModel:
-    """A loaded registration network and the entry it came from."""
-
-    entry: ModelEntry
-    net: torch.nn.Module
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
+RegistrationModel = LoadedModel  # a loaded registration network and its entry
 
 
 def load_registration_model(name_or_path: Optional[str], device: torch.device) -> Optional[RegistrationModel]:

@@ -12,27 +12,17 @@ label is decided and the logits stay 0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from crossmodalmas.models import ModelEntry, find_model, load_network
+from crossmodalmas.models import LoadedModel, find_model, load_network
 from crossmodalmas.nets.similarity import HALO, embedding_distance
 from crossmodalmas.registration_engine import network_shape
 
 
-@dataclass
-class SimilarityModel:
-    """A loaded similarity network and the entry it came from."""
-
-    entry: ModelEntry
-    net: torch.nn.Module
-
-    @property
-    def name(self) -> str:
-        return self.entry.name
+SimilarityModel = LoadedModel  # a loaded similarity network and its entry
 
 
 def load_similarity_model(name_or_path: Optional[str], device: torch.device) -> SimilarityModel:
@@ -88,7 +78,8 @@ def similarity_logits(model: SimilarityModel, target: torch.Tensor, atlases: tor
     # The receptive field's context, in working voxels, around the box: its interior then
     # embeds as it would in the whole region.
     halo = [math.ceil(HALO / f) for f in scale]
-    crop = tuple(slice(max(0, b.start - h), min(n, b.stop + h)) for b, h, n in zip(box, halo, shape))
+    # Even starts keep the branches' stride-2 grid on the whole region's (at the network's scale).
+    crop = tuple(slice(max(0, b.start - h) // 2 * 2, min(n, b.stop + h)) for b, h, n in zip(box, halo, shape))
     crop_shape = [c.stop - c.start for c in crop]
     net_shape = [max(1, round(c * f)) for c, f in zip(crop_shape, scale)]
     device = next(model.net.parameters()).device

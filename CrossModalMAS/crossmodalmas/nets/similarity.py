@@ -36,13 +36,15 @@ from crossmodalmas.nets.registration_net import InputFeatures
 RECEPTIVE_FIELD = 15
 """Receptive field of each branch, in voxels along each axis (seed 000's 15³ patches)."""
 
-HALO = 10
+HALO = 12
 """Voxels of context a crop needs on each side so that its interior embeds as in the full
-image: the receptive field's radius (7) plus the MIND-SSC descriptors' reach (3), rounded up
-to the stride (2)."""
+image: the receptive field's reach (8 from an odd voxel, after interpolation) plus the
+MIND-SSC descriptors' (3), rounded up to the stride (2). A crop must also start on an even
+voxel, so that its half-resolution grid is the full image's."""
 
 _ACTIVATION = ("leakyrelu", {"negative_slope": 0.2})
 _EPSILON = 1e-8  # inside the square root of the distance: finite gradient at d = 0
+_MIN_SIZE = 13  # smallest side a branch runs on (smaller grids are padded, then cropped)
 _SKIP_INIT_STD = 1e-3  # of the learned features' last layer, with the descriptor skip path
 _SKIP_INITIAL_SCALE = 10.0  # of the skip path: MIND patch-mean distances of ~0.1 give logit gaps of ~1
 
@@ -124,7 +126,8 @@ class SimilarityNet(nn.Module):
     Args: the fields of :class:`SimilarityNetConfig` as keywords.
 
     Shapes: images ``(N, 1, D, H, W)`` normalised to [0, 1] (any D, H, W >= 1); embeddings
-    ``(N, E, D, H, W)``, one per voxel, for the 15³ patch centred on it.
+    ``(N, E + 12, D, H, W)`` with the descriptor skip path (``(N, E, ...)`` without), one per
+    voxel, for the 15³ patch centred on it.
     """
 
     def __init__(self, **arguments):
@@ -144,8 +147,9 @@ class SimilarityNet(nn.Module):
         if self.config.input_features is InputFeatures.MIND_SSC:
             image = mind_ssc(image)
         # Odd sizes 2m + 1 put half-resolution voxel k exactly on input voxel 2k, so that
-        # align_corners=True interpolation brings every embedding back to its own voxel.
-        pad = [p for size in reversed(shape) for p in (0, 1 - size % 2)]
+        # align_corners=True interpolation brings every embedding back to its own voxel; and
+        # at least _MIN_SIZE voxels, for the skip path's 7-voxel pooling at half resolution.
+        pad = [p for size in reversed(shape) for p in (0, max(_MIN_SIZE - size, 1 - size % 2))]
         padded = F.pad(image.float(), pad, mode="replicate") if any(pad) else image.float()
         coarse = branch(padded)
         if self.config.descriptor_skip:

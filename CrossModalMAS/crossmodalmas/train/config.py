@@ -50,16 +50,60 @@ class JsonConfig:
 
 
 @dataclass
-class TrainRegistrationConfig(JsonConfig):
-    """Everything a registration training run depends on.
+class TrainingConfig(JsonConfig):
+    """What every training run has (the trainers' configs add their network and loss).
 
     Attributes:
         name: the model's name in its ``models.json`` entry.
         sources: label-map sources (:class:`crossmodalmas.label_sources.LabelSource` values).
         data_root: folder holding ``labelmaps/`` (for the brain and prostate sources).
         shape: training grid (D, H, W); pairs are drawn at this size.
-        batch_size, steps, learning_rate: the optimisation. Adam at 1e-4: seed 004 used
-            1e-5 at batch 16 on a GPU; a larger step suits the small batches trained here.
+        batch_size, steps, learning_rate: the optimisation (Adam).
+        validate_every: steps between validations on held-out synthetic pairs.
+        validation_pairs: how many held-out pairs (fixed for the whole run).
+        checkpoint_minutes: wall-clock minutes between checkpoints.
+        seed: seeds everything random in the run.
+        device: "auto", "cpu" or "cuda"; mixed precision (bfloat16) is used on CUDA.
+        threads: CPU threads for torch (None: torch's default).
+        synth: the synthetic-pair ranges.
+    """
+
+    name: str = "xmod-general"
+    sources: tuple = ("brain", "prostate", "heart", "shapes")
+    data_root: Optional[str] = None
+    shape: tuple = (64, 64, 64)
+    batch_size: int = 1
+    steps: int = 2000
+    learning_rate: float = 1e-4
+    validate_every: int = 100
+    validation_pairs: int = 8
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def __post_init__(self):
+        self.device = DeviceChoice(self.device).value
+        self.sources = tuple(self.sources)
+        self.shape = tuple(int(s) for s in self.shape)
+        if isinstance(self.synth, dict):
+            self.synth = SynthConfig(**self.synth)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(sources=list(self.sources), shape=list(self.shape), synth=self.synth.to_dict(),
+                   net=self.net.to_dict())
+        return out
+
+
+@dataclass
+class TrainRegistrationConfig(TrainingConfig):
+    """Everything a registration training run depends on (the fields of :class:`TrainingConfig` and:)
+
+    Attributes:
+        learning_rate: Adam at 1e-4: seed 004 used 1e-5 at batch 16 on a GPU; a larger step
+            suits the small batches trained here.
         loss: which of the papers' losses.
         lambda_smooth, lambda_inverse: seed 000's lambda1 and lambda2 (0.3, 0.2).
         alpha, beta, gamma: seed 004's weights (1, 1, 0.01).
@@ -72,24 +116,11 @@ class TrainRegistrationConfig(JsonConfig):
             the structures.
         max_loss_labels: Dice over at most this many random foreground labels per step (the
             brain maps have ~50; all of them would make every warp 50 channels wide).
-        validate_every: steps between validations on held-out synthetic pairs.
-        validation_pairs: how many held-out pairs (fixed for the whole run).
-        checkpoint_minutes: wall-clock minutes between checkpoints.
-        seed: seeds everything random in the run.
-        device: "auto", "cpu" or "cuda"; mixed precision (bfloat16) is used on CUDA.
-        threads: CPU threads for torch (None: torch's default).
         finest_spacing_mm: the model entry's ``working_grid.spacing_mm``: the network never
             runs on a grid finer than this (it runs at the training grid's size otherwise).
-        net, synth: the architecture and the synthetic-pair ranges.
+        net: the architecture.
     """
 
-    name: str = "xmod-general"
-    sources: tuple = ("brain", "prostate", "heart", "shapes")
-    data_root: Optional[str] = None
-    shape: tuple = (64, 64, 64)
-    batch_size: int = 1
-    steps: int = 2000
-    learning_rate: float = 1e-4
     loss: LossKind = LossKind.CONSISTENT
     lambda_smooth: float = 0.3
     lambda_inverse: float = 0.2
@@ -98,28 +129,16 @@ class TrainRegistrationConfig(JsonConfig):
     gamma: float = 0.01
     lambda_supervised: float = 0.0
     max_loss_labels: int = 16
-    validate_every: int = 100
-    validation_pairs: int = 8
-    checkpoint_minutes: float = 5.0
-    seed: int = 0
-    device: str = "auto"
-    threads: Optional[int] = None
     finest_spacing_mm: float = 1.0
     net: RegistrationNetConfig = field(default_factory=RegistrationNetConfig)
-    synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self):
+        super().__post_init__()
         self.loss = LossKind(self.loss)
-        self.device = DeviceChoice(self.device).value
-        self.sources = tuple(self.sources)
-        self.shape = tuple(int(s) for s in self.shape)
         if isinstance(self.net, dict):
             self.net = RegistrationNetConfig(**self.net)
-        if isinstance(self.synth, dict):
-            self.synth = SynthConfig(**self.synth)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out.update(loss=self.loss.value, sources=list(self.sources), shape=list(self.shape),
-                   net=self.net.to_dict(), synth=self.synth.to_dict())
+        out = super().to_dict()
+        out["loss"] = self.loss.value
         return out

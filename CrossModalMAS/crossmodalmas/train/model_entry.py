@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def write_model(net: torch.nn.Module, config, architecture: str, accuracy: dict,
         "normalisation": "percentile-0.5-99.5-to-0-1",
         "training": {"recipe": config.to_dict(), "data": list(config.sources),
                      "steps": config.steps, "seconds": round(seconds, 1), "machine": _machine()},
-        "accuracy": {"synthetic_validation": {k: round(v, 4) for k, v in accuracy.items()}},
+        # JSON has no NaN: a figure that could not be measured (no candidate pair) is null.
+        "accuracy": {"synthetic_validation": {k: round(v, 4) if math.isfinite(v) else None
+                                              for k, v in accuracy.items()}},
         "inference_seconds": {"cpu": None, "gpu": None},
         "default": False,
         "description": description,

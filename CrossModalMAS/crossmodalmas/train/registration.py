@@ -8,24 +8,19 @@ with its ``model.json`` entry, which ``--model PATH`` and ``models.json`` accept
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from crossmodalmas import __version__
-from crossmodalmas.devices import resolve_device
-from crossmodalmas.label_sources import LabelMapBank, LabelSource, Split
 from crossmodalmas.losses import consistent_registration_loss, label_constrained_loss
-from crossmodalmas.nets import build_network
 from crossmodalmas.synth import synth_pair
-from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from crossmodalmas.train.config import LossKind, TrainRegistrationConfig
-from crossmodalmas.train.log import TrainingLog
 from crossmodalmas.train.loop import train_loop
 from crossmodalmas.train.model_entry import write_model
 from crossmodalmas.train.run_folder import prepare_folder
+from crossmodalmas.train.run_state import RunState
 from crossmodalmas.train.validation import validate, validation_pairs
 from crossmodalmas.transforms import one_hot, warp
 
@@ -70,60 +65,25 @@ def _loss_terms(config: TrainRegistrationConfig, pair, forward, backward, genera
     return terms
 
 
-class _Run:
-    """The state of one training run: network, optimiser, random state, data and log."""
+class _Run(RunState):
+    """A registration run: synthetic pairs, the papers' loss, held-out pair validation."""
 
     def __init__(self, config: TrainRegistrationConfig, out: Path):
-        self.config, self.out = config, out
-        self.device = resolve_device(config.device)
-        torch.manual_seed(config.seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.net = build_network(ARCHITECTURE, config.net.to_dict()).to(self.device)
-        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=config.learning_rate)
-        self.step, self.seconds = 0, 0.0
-        root = Path(config.data_root) if config.data_root else None
-        sources = [LabelSource(s) for s in config.sources]
-        self.train_bank = LabelMapBank(sources, Split.TRAIN, config.shape, data_root=root)
-        eval_bank = LabelMapBank(sources, Split.EVAL, config.shape, data_root=root)
-        self.validation = validation_pairs(eval_bank, config.validation_pairs, config.synth,
+        super().__init__(config, out, ARCHITECTURE, _COLUMNS)
+        self.validation = validation_pairs(self.eval_bank, config.validation_pairs, config.synth,
                                            config.seed + 1, self.device)
-        self.log = TrainingLog(out, _COLUMNS)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" else nullcontext())
-
-    def state(self) -> dict:
-        return {"config": self.config.to_dict(), "state_dict": self.net.state_dict(),
-                "optimiser": self.optimiser.state_dict(), "step": self.step,
-                "seconds": self.seconds, "generator": self.generator.get_state(),
-                "version": __version__}
-
-    def restore(self, state: dict) -> None:
-        self.net.load_state_dict(state["state_dict"], strict=True)
-        self.optimiser.load_state_dict(state["optimiser"])
-        self.step, self.seconds = int(state["step"]), float(state["seconds"])
-        self.generator.set_state(state["generator"].cpu())
-
-    def batch(self):
-        maps = [self.train_bank.draw(self.generator) for _ in range(self.config.batch_size)]
-        labels = torch.stack(maps).to(self.device)
-        return synth_pair(labels, int(labels.max()) + 1, self.config.synth, self.generator)
 
     def train_step(self) -> dict:
-        pair = self.batch()
+        labels = self.draw_labels()
+        pair = synth_pair(labels, int(labels.max()) + 1, self.config.synth, self.generator)
         with self.autocast:
             forward, backward = self.net(pair.image_a, pair.image_b)
         terms = _loss_terms(self.config, pair, forward.float(), backward.float(), self.generator)
-        self.optimiser.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        self.optimiser.step()
+        self.optimise(terms["total"])
         return {name: float(value.detach()) for name, value in terms.items()}
 
     def validate(self) -> dict:
         return validate(self.net, self.validation)
-
-    def checkpoint(self) -> None:
-        save_checkpoint(self.state(), self.out / CHECKPOINT_NAME)
-        self.log.plot("loss", "val_dice")
 
 
 def _working_grid(config: TrainRegistrationConfig) -> dict:

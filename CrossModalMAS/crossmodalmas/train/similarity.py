@@ -11,26 +11,23 @@ similarities (eq. 7). The run folder is laid out as the registration trainer's.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from crossmodalmas import __version__
-from crossmodalmas.devices import resolve_device
-from crossmodalmas.label_sources import LabelMapBank, LabelSource, Split
-from crossmodalmas.nets import build_network
+from crossmodalmas.errors import InputError
 from crossmodalmas.nets.similarity import embedding_distance
-from crossmodalmas.registration_engine import load_registration_model
+from crossmodalmas.models import find_model
+from crossmodalmas.registration_engine import INSTANCE_OPTIMISATION, load_registration_model
 from crossmodalmas.synth import synth_pair
-from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from crossmodalmas.train.log import TrainingLog
+from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from crossmodalmas.train.loop import train_loop
 from crossmodalmas.train.model_entry import write_model
 from crossmodalmas.train.patches import embeddings_at, patch_dice, random_offsets, sample_queries, triplets
 from crossmodalmas.train.run_folder import prepare_folder
+from crossmodalmas.train.run_state import RunState
 from crossmodalmas.train.similarity_config import TrainSimilarityConfig
 from crossmodalmas.train.similarity_validation import similarity_validation_pairs, validate_similarity
 from crossmodalmas.train.warped_pairs import WarpedPair, warp_pairs
@@ -67,44 +64,26 @@ def triplet_loss(net, warped: WarpedPair, config: TrainSimilarityConfig, generat
     return {"total": loss, "triplets": float(count), "triplet_accuracy": accuracy}
 
 
-class _Run:
-    """The state of one similarity training run."""
+def _check_registration_model(name: Optional[str]) -> None:
+    if name == INSTANCE_OPTIMISATION:
+        raise InputError("train-similarity: 'registration_model' must name a registration network, "
+                         "not 'instance-opt'")
+    find_model(name, "registration", flag="train-similarity: 'registration_model'")
+
+
+class _Run(RunState):
+    """A similarity run: warped synthetic pairs, eq. 8 over triplets, rank validation."""
+
+    _PLOT = ("loss", "val_spearman")
 
     def __init__(self, config: TrainSimilarityConfig, out: Path):
-        self.config, self.out = config, out
-        self.device = resolve_device(config.device)
-        torch.manual_seed(config.seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.net = build_network(ARCHITECTURE, config.net.to_dict()).to(self.device)
-        self.optimiser = torch.optim.Adam(self.net.parameters(), lr=config.learning_rate)
+        super().__init__(config, out, ARCHITECTURE, _COLUMNS)
+        _check_registration_model(config.registration_model)
         self.registration = load_registration_model(config.registration_model, self.device)
-        if self.registration is None:
-            raise ValueError("'registration_model' must name a registration network, not 'instance-opt'")
-        self.step, self.seconds = 0, 0.0
-        root = Path(config.data_root) if config.data_root else None
-        sources = [LabelSource(s) for s in config.sources]
-        self.train_bank = LabelMapBank(sources, Split.TRAIN, config.shape, data_root=root)
-        eval_bank = LabelMapBank(sources, Split.EVAL, config.shape, data_root=root)
-        self.validation = similarity_validation_pairs(eval_bank, self.registration, config, self.device)
-        self.log = TrainingLog(out, _COLUMNS)
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" else nullcontext())
-
-    def state(self) -> dict:
-        return {"config": self.config.to_dict(), "state_dict": self.net.state_dict(),
-                "optimiser": self.optimiser.state_dict(), "step": self.step,
-                "seconds": self.seconds, "generator": self.generator.get_state(),
-                "version": __version__}
-
-    def restore(self, state: dict) -> None:
-        self.net.load_state_dict(state["state_dict"], strict=True)
-        self.optimiser.load_state_dict(state["optimiser"])
-        self.step, self.seconds = int(state["step"]), float(state["seconds"])
-        self.generator.set_state(state["generator"].cpu())
+        self.validation = similarity_validation_pairs(self.eval_bank, self.registration, config, self.device)
 
     def batch(self) -> WarpedPair:
-        maps = [self.train_bank.draw(self.generator) for _ in range(self.config.batch_size)]
-        labels = torch.stack(maps).to(self.device)
+        labels = self.draw_labels()
         pair = synth_pair(labels, int(labels.max()) + 1, self.config.synth, self.generator)
         true_field = torch.rand(labels.shape[0], generator=self.generator, device=self.device)
         return warp_pairs(self.registration, pair, true_field < self.config.true_field_fraction)
@@ -113,17 +92,12 @@ class _Run:
         warped = self.batch()
         with self.autocast:
             terms = triplet_loss(self.net, warped, self.config, self.generator)
-        self.optimiser.zero_grad(set_to_none=True)
-        terms["total"].float().backward()
-        self.optimiser.step()
+        self.optimise(terms["total"].float())
         return {name: float(value.detach()) if torch.is_tensor(value) else value for name, value in terms.items()}
 
     def validate(self) -> dict:
-        return validate_similarity(self.net, self.validation)
-
-    def checkpoint(self) -> None:
-        save_checkpoint(self.state(), self.out / CHECKPOINT_NAME)
-        self.log.plot("loss", "val_spearman")
+        return validate_similarity(self.net, self.validation, self.config.positive_dice,
+                                   self.config.negative_dice)
 
 
 def train_similarity(config: Optional[TrainSimilarityConfig], out: Path, resume: bool = False,
@@ -137,6 +111,8 @@ def train_similarity(config: Optional[TrainSimilarityConfig], out: Path, resume:
         InputError: a bad folder, config, checkpoint or registration model.
     """
     out = Path(out)
+    if config is not None:  # refuse a bad registration model before the folder is claimed
+        _check_registration_model(config.registration_model)
     config = prepare_folder(TrainSimilarityConfig, config, out, resume, steps, "train-similarity")
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 from crossmodalmas.nets.similarity import SimilarityNetConfig
-from crossmodalmas.options import DeviceChoice
-from crossmodalmas.synth import SynthConfig
-from crossmodalmas.train.config import JsonConfig
+from crossmodalmas.train.config import TrainingConfig
 from crossmodalmas.train.patches import PATCH
 
 PATCH_RADIUS = PATCH // 2
 
 
 @dataclass
-class TrainSimilarityConfig(JsonConfig):
-    """Everything a similarity training run (seed 000, Algorithm 1) depends on.
+class TrainSimilarityConfig(TrainingConfig):
+    """Everything a similarity training run (seed 000, Algorithm 1) depends on (the fields of
+    :class:`crossmodalmas.train.config.TrainingConfig` and:)
 
     Attributes:
-        name: the model's name in its ``models.json`` entry.
-        sources, data_root, shape: the label maps the synthetic pairs come from (as for the
-            registration trainer: :class:`crossmodalmas.train.config.TrainRegistrationConfig`).
         batch_size: pairs per step (each gives up to ``queries`` triplets).
-        steps, learning_rate: the optimisation (Adam).
         registration_model: the registration network that warps the atlases (a bundled
             model's name or a model entry path; None: the bundled default). Its name is saved
             in the recipe: the similarity network learns the errors of that warp.
@@ -36,17 +31,11 @@ class TrainSimilarityConfig(JsonConfig):
             at ``candidates - 1`` random offsets.
         max_offset: largest offset along each axis, voxels.
         positive_dice, negative_dice: thr1 and thr2 of eq. 9 (0.9 and 0.5, seed 000).
-        validate_every, validation_pairs, checkpoint_minutes, seed, device, threads: as for
-            the registration trainer.
-        net, synth: the architecture and the synthetic-pair ranges.
+        net: the architecture.
     """
 
     name: str = "xmod-similarity"
-    sources: tuple = ("brain", "prostate", "heart", "shapes")
-    data_root: Optional[str] = None
-    shape: tuple = (64, 64, 64)
     batch_size: int = 2
-    steps: int = 2000
     learning_rate: float = 1e-3
     registration_model: Optional[str] = None
     true_field_fraction: float = 0.5
@@ -55,23 +44,12 @@ class TrainSimilarityConfig(JsonConfig):
     max_offset: int = 4
     positive_dice: float = 0.9
     negative_dice: float = 0.5
-    validate_every: int = 100
-    validation_pairs: int = 8
-    checkpoint_minutes: float = 5.0
-    seed: int = 0
-    device: str = "auto"
-    threads: Optional[int] = None
     net: SimilarityNetConfig = field(default_factory=SimilarityNetConfig)
-    synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self):
-        self.device = DeviceChoice(self.device).value
-        self.sources = tuple(self.sources)
-        self.shape = tuple(int(s) for s in self.shape)
+        super().__post_init__()
         if isinstance(self.net, dict):
             self.net = SimilarityNetConfig(**self.net)
-        if isinstance(self.synth, dict):
-            self.synth = SynthConfig(**self.synth)
         if not 0.0 <= self.negative_dice < self.positive_dice <= 1.0:
             raise ValueError("'negative_dice' and 'positive_dice' must satisfy 0 <= negative < positive <= 1, "
                              f"got {self.negative_dice} and {self.positive_dice}")
@@ -89,10 +67,3 @@ class TrainSimilarityConfig(JsonConfig):
     def margin(self) -> int:
         """How far inside the grid queries lie, so that every shifted patch is in the grid."""
         return PATCH_RADIUS + self.max_offset
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out.update(sources=list(self.sources), shape=list(self.shape), net=self.net.to_dict(),
-                   synth=self.synth.to_dict())
-        return out
-

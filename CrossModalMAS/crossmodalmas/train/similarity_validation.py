@@ -51,19 +51,22 @@ def similarity_logits(net, case: ValidationCase) -> torch.Tensor:
     return -embedding_distance(query[:, :, None], support.transpose(1, 2))
 
 
-def rank_figures(logits: np.ndarray, dice: np.ndarray) -> dict[str, float]:
+def rank_figures(logits: np.ndarray, dice: np.ndarray, positive: float = 0.9,
+                 negative: float = 0.5) -> dict[str, float]:
     """Spearman rho of similarity against patch Dice, pooled over all (query, candidate) pairs
     and averaged within queries (what the fusion uses: the ranking of supports at one voxel),
-    and the share of (Dice > 0.9, Dice < 0.5) candidate pairs of a query ranked right.
+    and the share of (Dice > ``positive``, Dice < ``negative``) candidate pairs of a query
+    ranked right.
 
     Args:
         logits, dice: ``(Q, K)`` arrays.
+        positive, negative: thr1 and thr2 of eq. 9.
     """
     pooled = spearmanr(logits.ravel(), dice.ravel()).statistic if np.ptp(dice) > 0 else float("nan")
     within = [spearmanr(l, d).statistic for l, d in zip(logits, dice) if np.ptp(d) > 0 and np.ptp(l) > 0]
     right = total = 0
     for l, d in zip(logits, dice):
-        better = l[d > 0.9][:, None] > l[d < 0.5][None, :]
+        better = l[d > positive][:, None] > l[d < negative][None, :]
         right, total = right + int(better.sum()), total + better.size
     return {"val_spearman": float(pooled),
             "val_spearman_within": float(np.mean(within)) if within else float("nan"),
@@ -71,11 +74,12 @@ def rank_figures(logits: np.ndarray, dice: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def validate_similarity(net: torch.nn.Module, cases: list[ValidationCase]) -> dict[str, float]:
+def validate_similarity(net: torch.nn.Module, cases: list[ValidationCase], positive: float = 0.9,
+                        negative: float = 0.5) -> dict[str, float]:
     """:func:`rank_figures` over all validation cases together."""
     was_training = net.training
     net.eval()
     logits = torch.cat([similarity_logits(net, case) for case in cases]).float().cpu().numpy()
     dice = torch.cat([case.dice for case in cases]).cpu().numpy()
     net.train(was_training)
-    return rank_figures(logits, dice)
+    return rank_figures(logits, dice, positive, negative)
