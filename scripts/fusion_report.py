@@ -46,8 +46,8 @@ def targets(report: dict) -> list[tuple[str, str, str]]:
         met = None if plf is None or value is None else plf >= value + margin
         rows.append((f"{label} (cross-modality tasks)", f"{_fmt(plf)} vs {_fmt(value)}", _verdict(met)))
     speed = report["speed"]
-    worst_fuse = max(speed["fuse_s"].values())
-    rows.append((f"fusion of {speed['atlases']} atlases at {'x'.join(map(str, speed['shape']))} < 5 s",
+    worst_fuse = max(speed["fuse_s"][m] for m in ("mv", "loa", "plf"))
+    rows.append((f"fusion (mv, loa, plf) of {speed['atlases']} atlases at {'x'.join(map(str, speed['shape']))} < 5 s",
                  ", ".join(f"{m} {_fmt(s, 2)} s" for m, s in speed["fuse_s"].items()), _verdict(worst_fuse < 5.0)))
     worst_refuse = max(speed["refuse_s"].values())
     rows.append((f"re-fusion with one atlas unticked, {speed['atlases']} atlases at "

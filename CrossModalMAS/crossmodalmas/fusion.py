@@ -321,14 +321,14 @@ def pairwise_overlap(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     Counted with bincounts rather than one-hot maps: the voxels where all atlases agree add the
     same intersection to every pair, so each pair compares only the voxels where they disagree.
     """
-    n, flat = labels.shape[0], labels.reshape(labels.shape[0], -1).long()
-    volumes = torch.stack([torch.bincount(row, minlength=num_classes) for row in flat]).float()
+    n, flat = labels.shape[0], labels.reshape(labels.shape[0], -1)
     where = disagreement(labels)
     unanimous = torch.ones(flat.shape[1], dtype=torch.bool, device=labels.device)
     unanimous[where] = False
-    shared = torch.bincount(flat[0][unanimous], minlength=num_classes).float()
+    shared = torch.bincount(flat[0][unanimous].long(), minlength=num_classes).float()
+    varying = flat[:, where].long()
+    volumes = shared + torch.stack([torch.bincount(row, minlength=num_classes) for row in varying]).float()
     overlap = torch.eye(n, device=labels.device)
-    varying = flat[:, where]
     for j in range(n - 1):
         for k in range(j + 1, n):
             a, b = varying[j], varying[k]
