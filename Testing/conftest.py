@@ -169,3 +169,37 @@ def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def no_partial_files(folder: Path) -> bool:
     """True when no ``.partial-*`` temporary file is left anywhere under ``folder``."""
     return not any(p.name.startswith(".partial-") for p in Path(folder).rglob("*"))
+
+
+RESULT_ARRAYS = ("label_values", "target_image", "warped_images", "warped_classes", "weights", "uncertainty")
+"""The arrays of a segmentation Result (crossmodalmas.result.Result)."""
+
+
+@pytest.fixture(scope="module")
+def quick_result():
+    """One quick run (instance optimisation, 2 iterations, majority vote) of three MR atlases."""
+    from crossmodalmas.atlases import Atlas
+    from crossmodalmas.options import SegmentOptions
+    from crossmodalmas.pipeline import segment
+
+    target, _ = phantom(1, "ct")
+    atlases = [Atlas(f"mr{seed}", *phantom(seed, "mr")) for seed in (6, 9, 4)]
+    return segment(target, atlases, SegmentOptions(model="instance-opt", refine_iterations=2, fusion="mv",
+                                                   device="cpu"))
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def import_scripts(names):
+    """The ``scripts/`` modules ``names``, imported with scripts/ on sys.path (as when a script
+    runs), as one namespace; a generator for a fixture (removes the path afterwards)."""
+    import importlib
+
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        yield type("Bench", (), {name: importlib.import_module(name) for name in names})
+    finally:
+        sys.path.remove(str(SCRIPTS))
+        for name in names:  # the next test file imports them afresh
+            sys.modules.pop(name, None)

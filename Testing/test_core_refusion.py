@@ -9,25 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import phantom
-from crossmodalmas.atlases import Atlas
+from conftest import RESULT_ARRAYS
 from crossmodalmas.errors import InputError
 from crossmodalmas.fusion import fuse, patch_label_fusion
-from crossmodalmas.options import FusionMethod, SegmentOptions
-from crossmodalmas.pipeline import segment
+from crossmodalmas.options import FusionMethod
 from crossmodalmas.preprocess import resample_probabilities
 from crossmodalmas.refusion import class_dtype, fused_fields, refuse
 
-ARRAYS = ("label_values", "target_image", "warped_images", "warped_classes", "weights", "uncertainty")
+ARRAYS = RESULT_ARRAYS
 
 
 @pytest.fixture(scope="module")
-def result():
-    """One quick run (instance optimisation, 2 iterations, majority vote) of three MR atlases."""
-    target, _ = phantom(1, "ct")
-    atlases = [Atlas(f"mr{seed}", *phantom(seed, "mr")) for seed in (6, 9, 4)]
-    return segment(target, atlases, SegmentOptions(model="instance-opt", refine_iterations=2, fusion="mv",
-                                                   device="cpu"))
+def result(quick_result):
+    return quick_result
 
 
 def _snapshot(result):

@@ -7,24 +7,18 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from conftest import phantom
-from crossmodalmas.atlases import Atlas
+from conftest import RESULT_ARRAYS
 from crossmodalmas.errors import InputError
-from crossmodalmas.options import FusionMethod, SegmentOptions
-from crossmodalmas.pipeline import segment
+from crossmodalmas.options import FusionMethod
 from crossmodalmas.refusion import refuse
 from crossmodalmas.result_io import ARRAYS_FILE, META_FILE, load_result, save_result
 
-ARRAYS = ("label_values", "target_image", "warped_images", "warped_classes", "weights", "uncertainty")
+ARRAYS = RESULT_ARRAYS
 
 
 @pytest.fixture(scope="module")
-def result():
-    """One quick run (instance optimisation, 2 iterations, majority vote) of three MR atlases."""
-    target, _ = phantom(1, "ct")
-    atlases = [Atlas(f"mr{seed}", *phantom(seed, "mr")) for seed in (6, 9, 4)]
-    return segment(target, atlases, SegmentOptions(model="instance-opt", refine_iterations=2, fusion="mv",
-                                                   device="cpu"))
+def result(quick_result):
+    return quick_result
 
 
 @pytest.fixture(scope="module")

@@ -1,34 +1,25 @@
 """scripts/benchmark_registration.py and its sibling modules: pure helpers on tiny arrays and made-up
 results (no registration run, no ANTs, no network)."""
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import import_scripts
 from crossmodalmas import metrics
 from crossmodalmas.label_sources import EVAL_SEED_START
 from crossmodalmas.models import ModelEntry, add_to_manifest, find_model, read_manifest, sha256_of
 from crossmodalmas.volume import LabelMap
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 MODULES = ("registration_cases", "registration_methods", "benchmark_speed", "benchmark_targets", "benchmark_report",
            "benchmark_registration")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script modules, imported with scripts/ on sys.path (as when a script runs), as one namespace."""
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        yield type("Bench", (), {name: importlib.import_module(name) for name in MODULES})
-    finally:
-        sys.path.remove(str(SCRIPTS))
-        for name in MODULES:
-            sys.modules.pop(name, None)
+    yield from import_scripts(MODULES)
 
 
 def test_invert_contrast_inside_head_only(bench):

@@ -1,25 +1,18 @@
 """scripts/benchmark_fusion.py's helpers: Markdown sections, targets, STAPLE on the working grid,
 and the large-case re-fusion (tiny stand-ins, no registration, no ANTs)."""
 
-import importlib
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from conftest import import_scripts
 MODULES = ("markdown_sections", "fusion_report", "benchmark_fusion")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        yield type("Bench", (), {name: importlib.import_module(name) for name in MODULES})
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    yield from import_scripts(MODULES)
 
 
 def test_a_section_is_appended_then_replaced_and_the_rest_kept(bench, tmp_path):

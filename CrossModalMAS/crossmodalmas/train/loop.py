@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import torch
 
 from tqdm import tqdm
+
+from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from crossmodalmas.train.run_folder import prepare_folder
 
 LOG_EVERY = 10
 """Steps between the training-loss rows of ``log.csv``."""
@@ -51,3 +57,22 @@ def train_loop(run, description: str, show_progress: bool, should_stop: Callable
             last_checkpoint = time.monotonic()
     bar.close()
 
+
+
+def run_training(config_type, make_run: Callable, command: str, config, out: Path, resume: bool,
+                 show_progress: bool, should_stop: Optional[Callable[[], bool]], steps: Optional[int]):
+    """Prepare the run folder, build the run (``make_run(config, out)``), restore it on resume,
+    train and checkpoint; returns the run (finished when ``run.step == run.config.steps``).
+
+    Raises:
+        InputError: a bad folder, config or checkpoint.
+    """
+    config = prepare_folder(config_type, config, out, resume, steps, command)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run = make_run(config, out)
+    if resume:
+        run.restore(load_checkpoint(out / CHECKPOINT_NAME, run.device))
+    train_loop(run, command, show_progress, should_stop or (lambda: False))
+    run.checkpoint()
+    return run

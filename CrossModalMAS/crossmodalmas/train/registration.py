@@ -15,11 +15,10 @@ import torch
 
 from crossmodalmas.losses import consistent_registration_loss, label_constrained_loss
 from crossmodalmas.synth import synth_pair
-from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from crossmodalmas.train.checkpoint import CHECKPOINT_NAME
 from crossmodalmas.train.config import LossKind, TrainRegistrationConfig
-from crossmodalmas.train.loop import train_loop
+from crossmodalmas.train.loop import run_training
 from crossmodalmas.train.model_entry import write_model
-from crossmodalmas.train.run_folder import prepare_folder
 from crossmodalmas.train.run_state import RunState
 from crossmodalmas.train.validation import validate, validation_pairs
 from crossmodalmas.transforms import one_hot, warp
@@ -111,14 +110,9 @@ def train_registration(config: Optional[TrainRegistrationConfig], out: Path, res
         InputError: a bad folder, config or checkpoint.
     """
     out = Path(out)
-    config = prepare_folder(TrainRegistrationConfig, config, out, resume, steps, "train-registration")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run = _Run(config, out)
-    if resume:
-        run.restore(load_checkpoint(out / CHECKPOINT_NAME, run.device))
-    train_loop(run, "train-registration", show_progress, should_stop or (lambda: False))
-    run.checkpoint()
+    run = run_training(TrainRegistrationConfig, _Run, "train-registration", config, out, resume,
+                       show_progress, should_stop, steps)
+    config = run.config
     if run.step < config.steps:
         return out / CHECKPOINT_NAME
     return write_model(run.net, config, ARCHITECTURE, run.validate(), run.seconds, out,

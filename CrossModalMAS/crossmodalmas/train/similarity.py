@@ -22,11 +22,10 @@ from crossmodalmas.nets.similarity import embedding_distance
 from crossmodalmas.models import find_model
 from crossmodalmas.registration_engine import INSTANCE_OPTIMISATION, load_registration_model
 from crossmodalmas.synth import synth_pair
-from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from crossmodalmas.train.loop import train_loop
+from crossmodalmas.train.checkpoint import CHECKPOINT_NAME
+from crossmodalmas.train.loop import run_training
 from crossmodalmas.train.model_entry import write_model
 from crossmodalmas.train.patches import embeddings_at, patch_dice, random_offsets, sample_queries, triplets
-from crossmodalmas.train.run_folder import prepare_folder
 from crossmodalmas.train.run_state import RunState
 from crossmodalmas.train.similarity_config import TrainSimilarityConfig
 from crossmodalmas.train.similarity_validation import similarity_validation_pairs, validate_similarity
@@ -113,14 +112,9 @@ def train_similarity(config: Optional[TrainSimilarityConfig], out: Path, resume:
     out = Path(out)
     if config is not None:  # refuse a bad registration model before the folder is claimed
         _check_registration_model(config.registration_model)
-    config = prepare_folder(TrainSimilarityConfig, config, out, resume, steps, "train-similarity")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run = _Run(config, out)
-    if resume:
-        run.restore(load_checkpoint(out / CHECKPOINT_NAME, run.device))
-    train_loop(run, "train-similarity", show_progress, should_stop or (lambda: False))
-    run.checkpoint()
+    run = run_training(TrainSimilarityConfig, _Run, "train-similarity", config, out, resume, show_progress,
+                       should_stop, steps)
+    config = run.config
     if run.step < config.steps:
         return out / CHECKPOINT_NAME
     return write_model(run.net, config, ARCHITECTURE, run.validate(), run.seconds, out,
