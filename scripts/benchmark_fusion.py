@@ -18,6 +18,7 @@ the similarity network's weights against the label Dice of the 15³ patches they
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -232,7 +233,8 @@ def main(argv=None) -> int:
         entry["similarity"] = similarity_rank(task, result, seed=index)
         print(json.dumps({k: v for k, v in entry.items() if k != "curve"}, default=float), flush=True)
         results.append(entry)
-    report = {"machine": machine(), "argv": sys.argv[1:], "tasks": results, "speed": speed_at_scale()}
+    report = {"machine": {**machine(), "date": datetime.date.today().isoformat()}, "argv": sys.argv[1:],
+              "tasks": results, "speed": speed_at_scale()}
     args.json.write_text(json.dumps(report, indent=2, default=float))
     figure = plot_curves(results, args.figure) if any("curve" in r for r in results) else None
     replace_section(args.out, "fusion", fusion_markdown(report, figure, args.out.parent))
