@@ -26,7 +26,7 @@ from crossmodalmas.qc import registration_qc
 from crossmodalmas.refusion import class_dtype, fused_fields
 from crossmodalmas.registration_engine import deformable_registration, load_registration_model
 from crossmodalmas.result import Result
-from crossmodalmas.similarity_engine import load_similarity_model
+from crossmodalmas.similarity_engine import SimilarityModel, load_similarity_model
 from crossmodalmas.selection import select_atlases, selection_scores
 from crossmodalmas.transforms import one_hot, warp
 from crossmodalmas.validate import check_labels, check_volume
@@ -149,18 +149,18 @@ def _on_grid(target, atlases, transforms, grid: Grid, table: np.ndarray, run: _R
     return target_w, kept, np.stack(images), np.stack(classes), coverage
 
 
-def _fusion_method(options: SegmentOptions) -> FusionMethod:
-    """The chosen fusion method; by default PLF where a similarity network is available, else
-    NLWV. Loads the similarity model for PLF, so a missing or damaged one fails before the work."""
+def _fusion_method(options: SegmentOptions, device) -> tuple[FusionMethod, Optional[SimilarityModel]]:
+    """The chosen fusion method (by default PLF where a similarity network is available, else
+    NLWV) and, for PLF, the loaded similarity network: a missing or damaged one fails before the work."""
     if options.fusion is not None and options.fusion is not FusionMethod.PATCH_LABEL_FUSION:
-        return options.fusion
+        return options.fusion, None
     try:
-        load_similarity_model(options.similarity_model, torch.device("cpu"))
+        similarity = load_similarity_model(options.similarity_model, device)
     except InputError:
         if options.fusion is FusionMethod.PATCH_LABEL_FUSION or options.similarity_model is not None:
             raise
-        return FusionMethod.NON_LOCAL_WEIGHTED_VOTE
-    return FusionMethod.PATCH_LABEL_FUSION
+        return FusionMethod.NON_LOCAL_WEIGHTED_VOTE, None
+    return FusionMethod.PATCH_LABEL_FUSION, similarity
 
 
 def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentOptions] = None,
@@ -185,9 +185,10 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
     options = options or SegmentOptions()
     run = _Run(progress, cancel)
     run.step("validate", "checking inputs")
-    options = replace(options, fusion=_fusion_method(options))
-    atlases = _validated(target, atlases)
     device = resolve_device(options.device)
+    fusion, similarity = _fusion_method(options, device)
+    options = replace(options, fusion=fusion)
+    atlases = _validated(target, atlases)
     model = load_registration_model(options.model, device)
     table = _label_table(atlases, run)
     run.step("affine", "affine alignment")
@@ -201,7 +202,7 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
     kept, images, classes = [kept[i] for i in order], images[order], classes[order]
     coverage, scores = [coverage[i] for i in order], scores[order]
     return _deform_and_fuse(target, grid, table, kept, images, classes, (coverage, scores), target_w,
-                            options, device, model, run)
+                            options, device, (model, similarity), run)
 
 
 def _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run):
@@ -215,7 +216,8 @@ def _register(model, target_t, atlases_t, target_features, atlas_features, grid,
 
 
 def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target_w, options, device,
-                     model, run):
+                     models, run):
+    model, similarity = models
     target_t = torch.from_numpy(target_w)[None, None].to(device)
     atlases_t = torch.from_numpy(images)[:, None].to(device)
     target_features, atlas_features = mind_ssc(target_t), mind_ssc(atlases_t)
@@ -235,7 +237,7 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target
     warped_images = warped_images[:, 0].cpu().numpy().astype(np.float32)
     warped_classes = warped_classes.cpu().numpy().astype(class_dtype(len(table)))
     fused = fused_fields(options.fusion, grid, target.grid, table, target_w, warped_images, warped_classes,
-                         qc, device, similarity_model=options.similarity_model,
+                         qc, device, similarity_model=similarity,
                          features=(target_features, warped_features))
     run.step("output", "assembling the result")
     result = Result(working_grid=grid, label_values=table, atlas_names=names, target_image=target_w,

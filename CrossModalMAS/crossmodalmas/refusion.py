@@ -23,7 +23,7 @@ from crossmodalmas.options import FusionMethod
 from crossmodalmas.preprocess import resample_probabilities, same_grid
 from crossmodalmas.qc import with_fusion_figures
 from crossmodalmas.result import AtlasQC, Result
-from crossmodalmas.similarity_engine import load_similarity_model, similarity_logits
+from crossmodalmas.similarity_engine import SimilarityModel, load_similarity_model, similarity_logits
 from crossmodalmas.volume import Grid, LabelMap
 
 
@@ -32,11 +32,13 @@ def class_dtype(num_classes: int) -> type:
     return np.uint8 if num_classes <= 256 else np.int16
 
 
-def _similarity(similarity, model_name, classes, target, images, grid, device):
-    """The PLF logits: the given ones, else the similarity network's (where atlases disagree)."""
+def _similarity(similarity, model, classes, target, images, grid, device):
+    """The PLF logits and the network's name: the given ones, else the similarity network's
+    (``model``: loaded, or a name / path to load; computed where the atlases disagree)."""
     if similarity is not None:
-        return torch.from_numpy(similarity).to(device), model_name
-    model = load_similarity_model(model_name, device)
+        return torch.from_numpy(similarity).to(device), getattr(model, "name", model)
+    if not isinstance(model, SimilarityModel):
+        model = load_similarity_model(model, device)
     where = torch.zeros(classes[0, 0].numel(), dtype=torch.bool, device=device)
     where[disagreement(classes)] = True
     logits = similarity_logits(model, target, images, where.view(classes.shape[2:]), float(grid.spacing[0]))
@@ -46,7 +48,7 @@ def _similarity(similarity, model_name, classes, target, images, grid, device):
 def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_values: np.ndarray,
                  target_image: np.ndarray, warped_images: np.ndarray, warped_classes: np.ndarray,
                  qc: Sequence[AtlasQC], device, similarity: Optional[np.ndarray] = None,
-                 similarity_model: Optional[str] = None, features=None) -> dict:
+                 similarity_model: Union[None, str, SimilarityModel] = None, features=None) -> dict:
     """Fuse the warped atlases with ``method``: the :class:`Result` fields the fusion sets.
 
     Args:
@@ -59,7 +61,8 @@ def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_valu
         qc: the atlases' registration figures.
         device: where to compute.
         similarity: cached PLF logits ``(N, K, J, I)``, or None to compute them (PLF only).
-        similarity_model: the similarity network to compute them with (None: the bundled default).
+        similarity_model: the similarity network to compute them with: loaded, or a name or
+            path (None: the bundled default); with ``similarity``, the name of the one that did.
         features: ``(target, atlases)`` MIND-SSC of ``target_image`` and ``warped_images``
             when already computed (NLWV only; computed here otherwise).
 

@@ -44,7 +44,7 @@ def similarity_validation_pairs(bank: LabelMapBank, registration, config, device
     return cases
 
 
-def similarity_logits(net, case: ValidationCase) -> torch.Tensor:
+def candidate_logits(net, case: ValidationCase) -> torch.Tensor:
     """``-d`` of every (query, candidate) of ``case``: ``(Q, K)``."""
     query = embeddings_at(net.embed_target(case.warped.target)[0], case.queries)  # (Q, E)
     support = embeddings_at(net.embed_atlas(case.warped.atlas)[0], case.queries[:, None] + case.offsets)  # (Q, K, E)
@@ -79,7 +79,7 @@ def validate_similarity(net: torch.nn.Module, cases: list[ValidationCase], posit
     """:func:`rank_figures` over all validation cases together."""
     was_training = net.training
     net.eval()
-    logits = torch.cat([similarity_logits(net, case) for case in cases]).float().cpu().numpy()
+    logits = torch.cat([candidate_logits(net, case) for case in cases]).float().cpu().numpy()
     dice = torch.cat([case.dice for case in cases]).cpu().numpy()
     net.train(was_training)
     return rank_figures(logits, dice, positive, negative)
