@@ -4,9 +4,10 @@ warped atlas, only where the atlases disagree.
 Like the registration network, the similarity network runs at the scale it was trained at
 (its model entry's ``working_grid``: anatomy filling a grid of about ``max_voxels``), so its
 15³ receptive field covers the same share of the anatomy as in training; the logits are
-interpolated back to the working grid. Only the box around the voxels where the warped
-atlases disagree is embedded (with the receptive field's context around it); elsewhere the
-label is decided and the logits stay 0.
+interpolated back to the working grid. All atlases go through the network as one batch (at its
+scale a region is ~64³ voxels, so ten atlases' embeddings take ~0.3 GB). Only the box around
+the voxels where the warped atlases disagree is embedded (with the receptive field's context
+around it); elsewhere the label is decided and the logits stay 0.
 """
 
 from __future__ import annotations
@@ -85,11 +86,8 @@ def similarity_logits(model: SimilarityModel, target: torch.Tensor, atlases: tor
     device = next(model.net.parameters()).device
     target_crop = _resize(target[(Ellipsis, *crop)], net_shape).to(device)
     query = model.net.embed_target(target_crop)
-    logits = []
-    for atlas in atlases:  # one atlas at a time: memory stays at one embedding
-        support = model.net.embed_atlas(_resize(atlas[None][(Ellipsis, *crop)], net_shape).to(device))
-        logits.append(-embedding_distance(query, support)[:, None])
-    logits = _resize(torch.cat(logits).float(), crop_shape).to(target.device)[:, 0]
+    support = model.net.embed_atlas(_resize(atlases[(Ellipsis, *crop)], net_shape).to(device))  # all atlases, one batch
+    logits = _resize(-embedding_distance(query, support)[:, None].float(), crop_shape).to(target.device)[:, 0]
     inner = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, crop))
     out[(slice(None), *box)] = logits[(slice(None), *inner)]
     return out
