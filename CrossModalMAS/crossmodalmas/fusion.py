@@ -366,9 +366,9 @@ def label_overlap_vote(labels: torch.Tensor, num_classes: int, window: Optional[
     over atlases.
 
     Global weights (``--fusion loa``) are the default, local ones (``loa-local``, a 15-voxel
-    window) the option: on the fusion benchmark's cross-modality tasks both gave the same mean
-    Dice (0.818 and 0.819) while the windows cost ~40 times the time (9.7 s against 0.22 s per
-    task; BENCHMARKS.md), and the global form is seed 004's own. Local windows can follow an
+    window) the option: on the fusion benchmark's cross-modality tasks both gave about the same
+    mean Dice (0.812 and 0.814) while the windows cost ~27 times the time (11.1 s against 0.41 s
+    per task; BENCHMARKS.md), and the global form is seed 004's own. Local windows can follow an
     atlas that is right in one region and wrong in another, but a window that holds few voxels
     of a structure gives a noisy Dice.
 
