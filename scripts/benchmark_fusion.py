@@ -233,7 +233,8 @@ def main(argv=None) -> int:
         entry["similarity"] = similarity_rank(task, result, seed=index)
         print(json.dumps({k: v for k, v in entry.items() if k != "curve"}, default=float), flush=True)
         results.append(entry)
-    report = {"machine": {**machine(), "date": datetime.date.today().isoformat()}, "argv": sys.argv[1:],
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    report = {"machine": {**machine(), "date": datetime.date.today().isoformat(), "gpu": gpu}, "argv": sys.argv[1:],
               "tasks": results, "speed": speed_at_scale()}
     args.json.write_text(json.dumps(report, indent=2, default=float))
     figure = plot_curves(results, args.figure) if any("curve" in r for r in results) else None

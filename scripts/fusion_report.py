@@ -111,7 +111,7 @@ def fusion_markdown(report: dict, figure: Optional[Path], folder: Path) -> list[
     lines = ["# Benchmarks: label fusion", "",
              f"Run on {m.get('date', '')} with `python scripts/benchmark_fusion.py {' '.join(report['argv'])}`; "
              f"code at `{m.get('commit')}`; machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}, "
-             f"antspyx {m.get('antspyx')}, SimpleITK {m.get('simpleitk')}, GPU: none lent to this run. "
+             f"antspyx {m.get('antspyx')}, SimpleITK {m.get('simpleitk')}, GPU: {m.get('gpu') or 'none lent to this run'}. "
              "Every method fuses the same warped atlases (one registration per task by the default network + "
              "refinement); Dice and HD95 on the target's own grid, means over its labels; seconds of the fusion "
              "alone.", "", "## Targets", ""]
