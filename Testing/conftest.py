@@ -171,8 +171,6 @@ def no_partial_files(folder: Path) -> bool:
     return not any(p.name.startswith(".partial-") for p in Path(folder).rglob("*"))
 
 
-RESULT_ARRAYS = ("label_values", "target_image", "warped_images", "warped_classes", "weights", "uncertainty")
-"""The arrays of a segmentation Result (crossmodalmas.result.Result)."""
 
 
 @pytest.fixture(scope="module")

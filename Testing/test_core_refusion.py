@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import RESULT_ARRAYS
 from crossmodalmas.errors import InputError
 from crossmodalmas.fusion import fuse, patch_label_fusion
 from crossmodalmas.options import FusionMethod
 from crossmodalmas.preprocess import resample_probabilities
 from crossmodalmas.refusion import class_dtype, fused_fields, refuse
+from crossmodalmas.result_io import RESULT_ARRAYS
 
 ARRAYS = RESULT_ARRAYS
 

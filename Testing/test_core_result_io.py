@@ -7,11 +7,10 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from conftest import RESULT_ARRAYS
 from crossmodalmas.errors import InputError
 from crossmodalmas.options import FusionMethod
 from crossmodalmas.refusion import refuse
-from crossmodalmas.result_io import ARRAYS_FILE, META_FILE, load_result, save_result
+from crossmodalmas.result_io import ARRAYS_FILE, META_FILE, RESULT_ARRAYS, load_result, save_result
 
 ARRAYS = RESULT_ARRAYS
 

@@ -19,14 +19,6 @@ def descriptor_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - (a - b).abs().flatten(1).mean(1)
 
 
-def multiclass_dice(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Dice over all foreground classes at once: 2 sum|A_c & B_c| / sum(|A_c| + |B_c|), which is
-    2 |{A = B > 0}| / (|{A > 0}| + |{B > 0}|)."""
-    overlap = float(((a == b) & (a > 0)).sum())
-    total = float((a > 0).sum() + (b > 0).sum())
-    return 2.0 * overlap / total if total else 1.0
-
-
 def _weight_shares(weights: torch.Tensor, where: torch.Tensor) -> list[float]:
     """Each atlas's mean weight where the atlases disagree (``where``; everywhere, where they never do)."""
     if weights.stride()[-3:] == (0, 0, 0):  # one weight per atlas (MV, global LOA): no voxel to average
@@ -70,8 +62,9 @@ def registration_qc(names: Sequence[str], fields: RegistrationFields, atlas_feat
 
 
 def _agreements(warped_classes: torch.Tensor, fused_labels: torch.Tensor, where: torch.Tensor) -> list[float]:
-    """:func:`multiclass_dice` of every atlas with the fused labels, counting only the voxels
-    where the atlases disagree (``where``): elsewhere every atlas and the fusion hold the same class."""
+    """Foreground Dice of every atlas with the fused labels, all classes at once:
+    ``2 |{A = F > 0}| / (|{A > 0}| + |{F > 0}|)``, counting only the voxels where the atlases
+    disagree (``where``): elsewhere every atlas and the fusion hold the same class."""
     n = warped_classes.shape[0]
     flat, fused = warped_classes.reshape(n, -1), fused_labels.reshape(-1)
     common = float((flat[0] > 0).sum() - (flat[0, where] > 0).sum())  # foreground where all agree

@@ -24,7 +24,7 @@ from crossmodalmas.result import AtlasQC, Result
 from crossmodalmas.volume import Grid, LabelMap
 
 ARRAYS_FILE, META_FILE = "result.npz", "result.json"
-_ARRAYS = ("label_values", "target_image", "warped_images", "warped_classes", "weights", "uncertainty")
+RESULT_ARRAYS = ("label_values", "target_image", "warped_images", "warped_classes", "weights", "uncertainty")
 
 
 def _grid(grid: Grid) -> dict:
@@ -40,7 +40,7 @@ def save_result(result: Result, folder: Path) -> list[Path]:
     """Write ``result`` into ``folder`` (created if needed); returns the two paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {name: getattr(result, name) for name in _ARRAYS}
+    arrays = {name: getattr(result, name) for name in RESULT_ARRAYS}
     arrays["labels"] = result.labels.array
     if result.similarity is not None:
         arrays["similarity"] = result.similarity
@@ -101,7 +101,7 @@ def load_result(folder: Path) -> Result:
             device=meta["device"], registration=meta["registration"],
             similarity=arrays.get("similarity"), similarity_model=meta["similarity_model"],
             timings=dict(meta["timings"]), warnings=list(meta["warnings"]),
-            **{name: arrays[name] for name in _ARRAYS})
+            **{name: arrays[name] for name in RESULT_ARRAYS})
     except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"{folder}: the saved result is incomplete or damaged ({type(error).__name__}: "
                          f"{error})") from error

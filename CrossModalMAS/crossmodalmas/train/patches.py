@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from crossmodalmas.nets.similarity import embedding_distance
+
 PATCH = 15
 _CHUNK = 128  # queries per chunk in patch_dice
 """Side of the label patches whose Dice is the ground truth (the network's receptive field)."""
@@ -130,3 +132,20 @@ def triplets(dice: torch.Tensor, positive: float, negative: float, generator: to
     positives = torch.where(is_positive, noise, -1.0)[rows].argmax(1)
     negatives = torch.where(is_negative, noise, -1.0)[rows].argmax(1)
     return rows, positives, negatives
+
+
+def support_logits(query_embedding: torch.Tensor, support_embedding: torch.Tensor, queries: torch.Tensor,
+                   offsets: torch.Tensor) -> torch.Tensor:
+    """Eq. 7's ``-d`` between the query embedding at each query and the support embedding at the
+    query plus each offset.
+
+    Args:
+        query_embedding, support_embedding: ``(E, D, H, W)`` embeddings of the target and the warped atlas.
+        queries: ``(Q, 3)`` positions; offsets: ``(Q, K, 3)``.
+
+    Returns:
+        ``(Q, K)`` logits.
+    """
+    query = embeddings_at(query_embedding, queries)  # (Q, E)
+    support = embeddings_at(support_embedding, queries[:, None] + offsets)  # (Q, K, E)
+    return -embedding_distance(query[:, :, None], support.transpose(1, 2))

@@ -18,14 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from crossmodalmas.errors import InputError
-from crossmodalmas.nets.similarity import embedding_distance
 from crossmodalmas.models import find_model
 from crossmodalmas.registration_engine import INSTANCE_OPTIMISATION, load_registration_model
 from crossmodalmas.synth import synth_pair
 from crossmodalmas.train.checkpoint import CHECKPOINT_NAME
 from crossmodalmas.train.loop import run_training
 from crossmodalmas.train.model_entry import write_model
-from crossmodalmas.train.patches import embeddings_at, patch_dice, random_offsets, sample_queries, triplets
+from crossmodalmas.train.patches import patch_dice, random_offsets, sample_queries, support_logits, triplets
 from crossmodalmas.train.run_state import RunState
 from crossmodalmas.train.similarity_config import TrainSimilarityConfig
 from crossmodalmas.train.similarity_validation import similarity_validation_pairs, validate_similarity
@@ -49,10 +48,8 @@ def triplet_loss(net, warped: WarpedPair, config: TrainSimilarityConfig, generat
         rows, positives, negatives = triplets(dice, config.positive_dice, config.negative_dice, generator)
         if rows.numel() == 0:
             continue
-        query = embeddings_at(target_embedding[index], queries[rows])  # (T, E)
         chosen = torch.stack([offsets[rows, positives], offsets[rows, negatives]], dim=1)  # (T, 2, 3)
-        support = embeddings_at(atlas_embedding[index], queries[rows, None] + chosen)  # (T, 2, E)
-        logits.append(-embedding_distance(query[:, :, None], support.transpose(1, 2)))  # (T, 2)
+        logits.append(support_logits(target_embedding[index], atlas_embedding[index], queries[rows], chosen))
         count += rows.numel()
     if not logits:
         zero = target_embedding.sum() * 0.0  # keeps the graph: a step with no triplet changes nothing

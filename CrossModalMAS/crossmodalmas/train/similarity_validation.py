@@ -10,9 +10,8 @@ import torch
 from scipy.stats import spearmanr
 
 from crossmodalmas.label_sources import LabelMapBank
-from crossmodalmas.nets.similarity import embedding_distance
 from crossmodalmas.synth import synth_pair
-from crossmodalmas.train.patches import embeddings_at, patch_dice, random_offsets, sample_queries
+from crossmodalmas.train.patches import patch_dice, random_offsets, sample_queries, support_logits
 from crossmodalmas.train.warped_pairs import WarpedPair, warp_pairs
 
 _QUERIES = 128  # per validation pair
@@ -46,9 +45,8 @@ def similarity_validation_pairs(bank: LabelMapBank, registration, config, device
 
 def candidate_logits(net, case: ValidationCase) -> torch.Tensor:
     """``-d`` of every (query, candidate) of ``case``: ``(Q, K)``."""
-    query = embeddings_at(net.embed_target(case.warped.target)[0], case.queries)  # (Q, E)
-    support = embeddings_at(net.embed_atlas(case.warped.atlas)[0], case.queries[:, None] + case.offsets)  # (Q, K, E)
-    return -embedding_distance(query[:, :, None], support.transpose(1, 2))
+    return support_logits(net.embed_target(case.warped.target)[0], net.embed_atlas(case.warped.atlas)[0],
+                          case.queries, case.offsets)
 
 
 def rank_figures(logits: np.ndarray, dice: np.ndarray, positive: float = 0.9,
