@@ -115,9 +115,10 @@ def process_env() -> dict:
 
 
 def run_process(*argv, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python -m crossmodalmas ARGV`` as a real process (text output captured)."""
+    """Run ``python -m crossmodalmas ARGV`` as a real process (text output captured, as UTF-8
+    whatever the locale: the progress bar's blocks are not ASCII)."""
     return subprocess.run([sys.executable, "-m", "crossmodalmas", *map(str, argv)], capture_output=True,
-                          text=True, timeout=timeout, env=process_env(), **kwargs)
+                          encoding="utf-8", errors="replace", timeout=timeout, env=process_env(), **kwargs)
 
 
 @dataclass

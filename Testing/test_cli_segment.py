@@ -127,7 +127,11 @@ def test_save_warped_writes_every_preview(cli, tiny_case, tmp_path):
     assert out.exists()
     expected = {f"{name}_warped_{kind}.nii.gz" for name in tiny_case.names for kind in ("image", "labels", "weights")}
     names = {p.name for p in folder.iterdir()}
-    assert expected | {"uncertainty.nii.gz", "result.npz", "result.json"} == names
+    # unknown.nii.gz only where part of the target lies outside both atlases' fields of view
+    assert expected | {"uncertainty.nii.gz", "result.npz", "result.json"} == names - {"unknown.nii.gz"}
+    if "unknown.nii.gz" in names:
+        unknown = read_labels(folder / "unknown.nii.gz").array.astype(bool)
+        assert unknown.any() and not read_labels(out).array[unknown].any()
     saved = load_result(folder)
     assert saved.atlas_names == list(tiny_case.names)
     np.testing.assert_array_equal(saved.labels.array, read_labels(out).array)
@@ -224,7 +228,8 @@ def test_sigterm_cancels_with_exit_3_and_leaves_no_output(tiny_case, tmp_path):
     command = [sys.executable, "-m", "crossmodalmas", "segment", "--target", str(tiny_case.target),
                *atlas_args(tiny_case.atlases), "--output", str(out), "--report", str(report),
                "--save-warped", str(warped), "--progress-lines", "--refine", "2000", "--device", "cpu"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=process_env())
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
+                               errors="replace", env=process_env())
     try:
         deadline = time.monotonic() + 60
         for line in process.stdout:

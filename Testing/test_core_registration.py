@@ -89,30 +89,48 @@ def test_error_messages():
 
 
 def test_affine_align_falls_back_to_the_centres_when_every_start_fails(monkeypatch):
-    from crossmodalmas import preprocess
+    from crossmodalmas import affine
     from crossmodalmas.volume import Volume
 
     def fail(*args):
         raise RuntimeError("All samples map outside moving image buffer")
 
-    monkeypatch.setattr(preprocess, "_affine_from", fail)
+    monkeypatch.setattr(affine, "_affine_from", fail)
     image = Volume(np.random.default_rng(0).random((12, 12, 12), dtype=np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     moved = Volume(image.array.copy(), image.ijk_to_ras @ np.array([[1, 0, 0, 3], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
-    transform = preprocess.affine_align(image, moved)
+    transform = affine.affine_align(image, moved)
     point = transform.TransformPoint((0.0, 0.0, 0.0))
     assert np.allclose(np.linalg.norm(point), 6.0, atol=1e-6)  # the centres, 3 voxels of 2 mm apart
 
 
-def test_affine_align_drops_a_far_off_pose_that_mutual_information_liked(monkeypatch):
+def test_affine_align_prefers_the_pose_that_overlaps_over_a_far_off_one(monkeypatch):
+    """The refined starts are compared by mutual information times overlap: a far-off pose
+    that the Mattes metric (a mean over whatever overlaps) might like loses."""
     import SimpleITK as sitk
 
-    from crossmodalmas import preprocess
+    from crossmodalmas import affine
     from crossmodalmas.volume import Volume
 
     far = sitk.TranslationTransform(3, (200.0, 0.0, 0.0))
-    monkeypatch.setattr(preprocess, "_affine_from", lambda *args: (far, -1.0))
+    refined = iter([far])
+    monkeypatch.setattr(affine, "_affine_from", lambda fixed, moving, start, seed: (next(refined, start), -1.0))
     body = np.zeros((16, 16, 16), dtype=np.float32)
     body[4:12, 4:12, 4:12] = 1.0
     image = Volume(body, np.diag([2.0, 2.0, 2.0, 1.0]))
-    transform = preprocess.affine_align(image, Volume(body.copy(), image.ijk_to_ras.copy()))
+    transform = affine.affine_align(image, Volume(body.copy(), image.ijk_to_ras.copy()))
     assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0)), (0.0, 0.0, 0.0), atol=1e-6)
+
+
+def test_affine_align_takes_4_mm_slices_with_finer_pixels():
+    """A thick-slice image (MSD prostate: 0.6 x 0.6 x 4 mm) needs no smoothing across slices;
+    ITK refuses a zero sigma, which once crashed the affine step."""
+    from crossmodalmas import affine
+    from crossmodalmas.volume import Volume
+
+    body = np.zeros((10, 40, 40), dtype=np.float32)
+    body[2:8, 10:30, 12:28] = 1.0
+    body[3:6, 12:18, 14:20] = 0.5  # off-centre: the box alone is symmetric under a flip, the search may pick either
+    image = Volume(body, np.diag([0.8, 0.8, 4.0, 1.0]))
+    moved = Volume(body.copy(), image.ijk_to_ras @ np.array([[1, 0, 0, 2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
+    point = affine.affine_align(image, moved).TransformPoint((0.0, 0.0, 0.0))
+    assert np.linalg.norm(point) < 5.0  # the 1.6 mm shift (LPS), give or take the 4 mm search grid

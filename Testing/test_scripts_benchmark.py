@@ -193,7 +193,7 @@ def test_markdown_holds_every_section_and_row(bench, tmp_path):
             "models": speed["models"], "peak_load": 1.0}
     path = tmp_path / "bench.md"
     bench.benchmark_report.write_markdown(path, results, speed, checked, info)
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     for heading in ("## Targets", "## Mean Dice by group of pairs", "## All pairs and methods",
                     "## Ablation: the invertibility loss", "## What the coarse grid costs", "## Speed",
                     "## Published figures (others' papers, not measured here)", "## Notes"):

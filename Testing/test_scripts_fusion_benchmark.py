@@ -21,7 +21,7 @@ def test_a_section_is_appended_then_replaced_and_the_rest_kept(bench, tmp_path):
     bench.markdown_sections.replace_section(path, "fusion", ["## Fusion", "old"])
     bench.markdown_sections.replace_section(path, "other", ["x"])
     bench.markdown_sections.replace_section(path, "fusion", ["## Fusion", "new"])
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert text.startswith("# Registration\n\nnumbers\n")
     assert "new" in text and "old" not in text and text.count("<!-- section:fusion -->") == 1
     assert text.index("section:fusion") < text.index("section:other")  # replaced in place

@@ -103,3 +103,23 @@ def test_previews_of_a_saved_scene_are_found_and_cleared(tmp_path):
     assert clear_previews(loaded) == 1
     assert loaded.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == volumes - 7  # 2 x 3 + uncertainty
     assert loaded.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 0
+
+
+def test_unknown_voxels_get_a_label_map_preview_on_the_target_grid():
+    from dataclasses import replace
+
+    scene = new_scene()
+    target = add_volume_node(scene, Volume(np.zeros(TARGET.shape), TARGET.ijk_to_ras), "CT")
+    slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    unknown = np.zeros(TARGET.shape, bool)
+    unknown[:4] = True
+    before = scene.GetNumberOfNodes()
+    previews = add_previews(scene, replace(small_result(), unknown=unknown), target,
+                            label_tables.describe([500], table="mmwhs"))
+    assert previews.unknown.IsA("vtkMRMLLabelMapVolumeNode") and "no atlas coverage" in previews.unknown.GetName()
+    shown = volume_from_node(previews.unknown)
+    np.testing.assert_array_equal(shown.array.astype(bool), unknown)
+    np.testing.assert_allclose(shown.ijk_to_ras, TARGET.ijk_to_ras, atol=1e-9)
+    assert previews.unknown.GetID() in {n.GetID() for n in folder_children(scene, previews.folder)}
+    assert clear_previews(scene) == 1 and scene.GetNumberOfNodes() == before
+    assert add_previews(scene, small_result(), target, label_tables.describe([500], table="mmwhs")).unknown is None

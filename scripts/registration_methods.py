@@ -1,6 +1,6 @@
 """The registration benchmark's methods: each maps a :class:`Pair`'s atlas labels onto its target grid.
 
-``identity`` (centre alignment), ``affine`` (:func:`crossmodalmas.preprocess.affine_align`), ``syn``
+``identity`` (centre alignment), ``affine`` (:func:`crossmodalmas.affine.affine_align`), ``syn``
 (antspyx SyN, Mattes MI), and ours through :func:`crossmodalmas.pipeline.segment` with one atlas and
 majority vote (so the numbers are pairwise registration): ``instance-opt`` (no network), the
 networks alone (``net-paper``, ``net-paper-noinv``: the ablation trained without the invertibility
@@ -29,7 +29,8 @@ from crossmodalmas.errors import InputError
 from crossmodalmas.models import ModelEntry, find_model, write_entry
 from crossmodalmas.options import SegmentOptions
 from crossmodalmas.pipeline import segment
-from crossmodalmas.preprocess import affine_align, resample
+from crossmodalmas.affine import affine_align
+from crossmodalmas.preprocess import resample
 from crossmodalmas.volume import LPS_TO_RAS, to_sitk
 from registration_cases import Pair
 

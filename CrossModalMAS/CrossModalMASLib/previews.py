@@ -13,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
+import numpy as np
 import slicer
 import vtk
 
 from CrossModalMASLib.label_tables import LabelInfo
 from CrossModalMASLib.volume_nodes import add_volume_node
+from crossmodalmas.volume import LabelMap
 
 FOLDER_ATTRIBUTE = "CrossModalMAS.Previews"
 _COLOR_NODES_ATTRIBUTE = "CrossModalMAS.ColorNodeIDs"
@@ -47,6 +49,7 @@ class Previews:
     atlases: list[AtlasPreview] = field(default_factory=list)
     uncertainty: Optional[object] = None
     qc_table: Optional[object] = None
+    unknown: Optional[object] = None  # target voxels no atlas covers, where the run had any
 
 
 def _hierarchy(scene):
@@ -141,6 +144,11 @@ def add_previews(scene, result, target_node, infos: Mapping[int, LabelInfo], leg
     _in_folder(scene, folder, previews.uncertainty)
     previews.qc_table = _qc_table(scene, result, f"{target_node.GetName()} atlas QC")
     _in_folder(scene, folder, previews.qc_table)
+    if result.unknown is not None:  # labelled 0 there: show the radiologist where no atlas looked
+        unknown = LabelMap(result.unknown.astype(np.uint8), result.labels.ijk_to_ras)
+        previews.unknown = add_volume_node(scene, unknown, f"{target_node.GetName()} unknown (no atlas coverage)",
+                                           labels=True, frame=frame)
+        _in_folder(scene, folder, previews.unknown)
     return previews
 
 

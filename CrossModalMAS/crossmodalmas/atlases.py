@@ -12,7 +12,7 @@ from crossmodalmas.errors import InputError
 from crossmodalmas.volume import LabelMap, Volume, read_labels, read_volume
 
 _LABEL_PATTERN = re.compile(r"(_seg|_label|_labels|_mask|_gt|-seg|-label|-labels)$", re.IGNORECASE)
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass
@@ -33,12 +33,13 @@ class AtlasFiles:
 
     @property
     def name(self) -> str:
-        return _stem(self.image)
+        return file_stem(self.image)
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
+    """The file name without its image suffix (``ct_1.nii.gz`` -> ``ct_1``)."""
     name = path.name
-    for suffix in _IMAGE_SUFFIXES:
+    for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -71,7 +72,7 @@ def from_folder(folder: str | os.PathLike) -> list[AtlasFiles]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: atlas folder does not exist")
-    files = {_stem(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(_IMAGE_SUFFIXES)}
+    files = {file_stem(p): p for p in sorted(folder.iterdir()) if p.name.lower().endswith(IMAGE_SUFFIXES)}
     pairs = []
     for stem, labels in files.items():
         match = _LABEL_PATTERN.search(stem)

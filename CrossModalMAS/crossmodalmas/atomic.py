@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from crossmodalmas.errors import InputError
+
 PARTIAL_PREFIX = ".partial-"
 
 
@@ -40,8 +42,16 @@ def atomic_path(path: Path, suffix: str) -> Iterator[Path]:
 
 
 def write_json(data, path: Path) -> None:
-    """``data`` as indented JSON at ``path`` (its folder created if needed), atomically."""
+    """``data`` as indented JSON at ``path`` (its folder created if needed), atomically.
+
+    Raises:
+        InputError: the file cannot be written (a read-only folder, a full disk), naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, ".json") as temp:
-        temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(data, indent=2) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, ".json") as temp:
+            temp.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"{path}: cannot write ({error.strerror or error})") from error

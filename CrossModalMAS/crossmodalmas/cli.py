@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from crossmodalmas import __version__
+from crossmodalmas.batch_command import add_batch_parser
 from crossmodalmas.errors import CancelledError, InputError
+from crossmodalmas.evaluate_command import add_evaluate_parser
 from crossmodalmas.models_command import add_models_parser
 from crossmodalmas.options import DEFAULT_REFINE, DeviceChoice, FusionMethod
 from crossmodalmas.train.command import add_train_parsers
@@ -40,13 +42,21 @@ def _add_segment_parser(commands) -> None:
     p.add_argument("--atlases", type=Path, metavar="CSV", help="CSV with 'image' and 'labels' columns")
     p.add_argument("--atlas-dir", type=Path, metavar="DIR", help="folder of X.nii.gz + X_seg.nii.gz pairs")
     p.add_argument("--output", required=True, type=Path, help="segmentation file, on the target's grid")
+    p.add_argument("--roi", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),
+                   help="working region: two RAS corners in mm")
+    p.add_argument("--save-warped", type=Path, metavar="DIR", help="write warped atlases, weights, uncertainty, and the result that re-fusion reads")
+    p.add_argument("--report", type=Path, metavar="FILE.json", help="write timings, device, per-atlas QC")
+    add_segmentation_flags(p)
+
+
+def add_segmentation_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a segmentation run shared by ``segment``, ``segment-batch`` and ``evaluate``
+    (what :func:`crossmodalmas.segment_command.options_from_args` reads, and --progress-lines)."""
     p.add_argument("--fusion", choices=[m.value for m in FusionMethod],
                    help="label fusion: mv majority vote, nlwv non-local weighted vote, plf the similarity "
                         "network's patch-based fusion, loa / loa-local label-overlap weights (global / "
                         "in 15-voxel windows); default plf where a similarity network is available, else nlwv")
     p.add_argument("--select", type=_positive_int, metavar="K", help="keep the K most similar atlases")
-    p.add_argument("--roi", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"),
-                   help="working region: two RAS corners in mm")
     p.add_argument("--device", choices=[d.value for d in DeviceChoice], default="auto")
     p.add_argument("--model", metavar="NAME|PATH",
                    help="registration network: a bundled model's name (`crossmodalmas models list`), a "
@@ -58,8 +68,6 @@ def _add_segment_parser(commands) -> None:
                         f"--model instance-opt, from zero (default {DEFAULT_REFINE['instance-opt']})")
     p.add_argument("--similarity-model", metavar="NAME|PATH",
                    help="similarity network for --fusion plf (default: the bundled default)")
-    p.add_argument("--save-warped", type=Path, metavar="DIR", help="write warped atlases, weights, uncertainty, and the result that re-fusion reads")
-    p.add_argument("--report", type=Path, metavar="FILE.json", help="write timings, device, per-atlas QC")
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <0..1> <message>' lines on stdout")
 
 
@@ -68,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crossmodalmas {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_segment_parser(commands)
+    add_segmentation_flags(add_batch_parser(commands))
     demo = commands.add_parser("demo", help="make a phantom cross-modality case and segment it")
     demo.add_argument("--out", type=Path, help="folder for the case and results (default: a new temporary folder)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--atlases", type=_positive_int, default=4, help="number of phantom atlases")
+    add_segmentation_flags(add_evaluate_parser(commands))
     add_train_parsers(commands)
     add_models_parser(commands)
     return parser
@@ -111,12 +121,17 @@ def _run(args) -> int:
         if args.command in ("train-registration", "train-similarity"):
             from crossmodalmas.train.command import run_train
             return run_train(args, cancel)
+        if args.command == "evaluate":
+            from crossmodalmas.evaluate_command import run_evaluate
+            return run_evaluate(args, cancel)
+        from crossmodalmas.batch_command import run_segment_batch
         from crossmodalmas.segment_command import run_segment
         from crossmodalmas.progress import progress_bar, progress_lines
+        run = run_segment_batch if args.command == "segment-batch" else run_segment
         if args.progress_lines:
-            return run_segment(args, progress_lines(), cancel)
+            return run(args, progress_lines(), cancel)
         with progress_bar() as report:
-            return run_segment(args, report, cancel)
+            return run(args, report, cancel)
 
 
 def main(argv=None) -> int:

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import replace
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from crossmodalmas.atlases import Atlas
+from crossmodalmas import atlases as atlas_io
+from crossmodalmas.atlases import Atlas, AtlasFiles
+from crossmodalmas.coverage import CoverageCounter, mask_unknown, unknown_warning
 from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.options import FusionMethod, SegmentOptions
 from crossmodalmas.progress import ProgressCallback
-from crossmodalmas.preprocess import (affine_align, label_box_in_target, resample,
+from crossmodalmas.affine import AffineAligner
+from crossmodalmas.preprocess import (label_box_in_target, resample,
                                       robust_normalise, working_grid)
 from crossmodalmas.qc import registration_qc
 from crossmodalmas.refusion import class_dtype, fused_fields
@@ -28,8 +31,8 @@ from crossmodalmas.registration_engine import deformable_registration, load_regi
 from crossmodalmas.result import Result
 from crossmodalmas.similarity_engine import SimilarityModel, load_similarity_model
 from crossmodalmas.selection import select_atlases, selection_scores
-from crossmodalmas.transforms import one_hot, warp
-from crossmodalmas.validate import check_labels, check_volume
+from crossmodalmas.transforms import warp, warp_labels
+from crossmodalmas.validate import MAX_CLASS_VOXELS, check_label_count, check_labels, check_volume
 from crossmodalmas.volume import Grid, Volume
 
 CancelCallback = Callable[[], bool]
@@ -83,75 +86,103 @@ class _Run:
             self._progress(1.0, "done")
 
 
-def _validated(target: Volume, atlases: Sequence[Atlas]) -> list[Atlas]:
-    check_volume(target, "target")
-    if not atlases:
-        raise InputError("atlases: no atlas given (at least one labelled atlas is needed)")
-    checked = []
-    for atlas in atlases:
-        check_volume(atlas.image, f"atlas {atlas.name} image")
-        labels = check_labels(atlas.labels, atlas.image, f"atlas {atlas.name} labels")
-        checked.append(Atlas(atlas.name, atlas.image, labels))
-    return checked
+@dataclass
+class _Aligned:
+    """What the pipeline keeps of an atlas between its two reads: a file-backed atlas's
+    full-resolution arrays are read, used and freed twice rather than held for the whole run."""
+
+    source: Union[Atlas, AtlasFiles]
+    name: str
+    transform: object  # SimpleITK transform, target LPS -> atlas LPS
+    labels: set
+    box: Optional[np.ndarray]  # RAS box of its labels in target space
 
 
-def _label_table(atlases: Sequence[Atlas], run: _Run) -> np.ndarray:
-    sets = [set(a.labels.labels.tolist()) for a in atlases]
+def _checked(source: Union[Atlas, AtlasFiles]) -> Atlas:
+    """The atlas (read from disk where ``source`` is file paths), its inputs checked."""
+    atlas = atlas_io.load(source) if isinstance(source, AtlasFiles) else source
+    check_volume(atlas.image, f"atlas {atlas.name} image")
+    labels = check_labels(atlas.labels, atlas.image, f"atlas {atlas.name} labels")
+    return Atlas(atlas.name, atlas.image, labels)
+
+
+def _label_table(aligned: Sequence[_Aligned], run: _Run) -> np.ndarray:
+    sets = [a.labels for a in aligned]
     union = sorted(set().union(*sets))
+    check_label_count(len(union), "atlases")
     if any(s != set(union) for s in sets):
-        run.warn(f"atlases have different label sets; fusing the union {union}")
+        shown = union if len(union) <= 30 else f"of {len(union)} labels"
+        run.warn(f"atlases have different label sets; fusing the union {shown}")
     return np.array([0] + union, dtype=np.int64)
 
 
-def _affine_all(target: Volume, atlases: Sequence[Atlas], seed: int, run: _Run):
-    transforms = []
-    for index, atlas in enumerate(atlases):
+def _align_all(target: Volume, sources: Sequence[Union[Atlas, AtlasFiles]], seed: int, run: _Run):
+    """Check and affinely align each atlas, one at a time (see :class:`_Aligned`); and the
+    target voxels no atlas's field of view covers."""
+    aligned, aligner, covered = [], AffineAligner(target), CoverageCounter(target.grid)
+    for index, source in enumerate(sources):
         run.check_cancel()
-        run.report(index / len(atlases), f"affine alignment of atlas {atlas.name}")
-        transforms.append(affine_align(target, atlas.image, seed))
-    return transforms
+        atlas = _checked(source)
+        run.report(index / len(sources), f"affine alignment of atlas {atlas.name}")
+        transform = aligner.align(atlas.image, seed)
+        aligned.append(_Aligned(source, atlas.name, transform, set(atlas.labels.labels.tolist()),
+                                label_box_in_target(atlas.labels, transform)))
+        covered.add(atlas.labels, transform)
+        del atlas  # a file-backed atlas's arrays go now
+    return aligned, covered.unknown()
 
 
-def _region(target: Volume, atlases, transforms, options: SegmentOptions) -> Grid:
-    """The working grid: the user's ROI, else the union box of the aligned atlas labels + margin."""
+def _region(target: Volume, aligned: Sequence[_Aligned], options: SegmentOptions, classes: int, run: _Run) -> Grid:
+    """The working grid: the user's ROI, else the union box of the aligned atlas labels + margin;
+    coarser where ``classes`` maps of it (the fusion's) would exceed ``MAX_CLASS_VOXELS``."""
     if options.roi_ras is not None:
         roi = np.asarray(options.roi_ras, dtype=float).reshape(2, 3)
         box = np.stack([roi.min(0), roi.max(0)])
     else:
-        boxes = [label_box_in_target(a.labels, t) for a, t in zip(atlases, transforms)]
+        boxes = [a.box for a in aligned if a.box is not None]
         box = np.stack([np.min([b[0] for b in boxes], 0) - options.margin_mm,
                         np.max([b[1] for b in boxes], 0) + options.margin_mm])
     try:
         grid = working_grid(target.grid, box, options.working_spacing_mm, options.max_working_voxels)
+        fits = MAX_CLASS_VOXELS // classes
+        if options.working_spacing_mm is None and int(np.prod(grid.shape)) > fits:
+            run.warn(f"{classes - 1} labels: working grid coarsened to at most {fits} voxels "
+                     "(the fusion holds one map per label)")
+            grid = working_grid(target.grid, box, None, fits)
     except ValueError as error:
         source = "--roi" if options.roi_ras is not None else "atlases"
         raise InputError(f"{source}: the region {np.round(box, 1).tolist()} mm (RAS) lies outside the target") from error
     return grid
 
 
-def _on_grid(target, atlases, transforms, grid: Grid, table: np.ndarray, run: _Run):
+def _on_grid(target, aligned: Sequence[_Aligned], grid: Grid, table: np.ndarray, run: _Run):
     """Normalised target and atlas images and atlas class indices on the working grid."""
     target_w = robust_normalise(resample(target.array, target.ijk_to_ras, grid))
     kept, images, classes, coverage = [], [], [], []
-    for atlas, transform in zip(atlases, transforms):
-        labels = resample(atlas.labels.array, atlas.labels.ijk_to_ras, grid, transform, labels=True)
+    for item in aligned:
+        run.check_cancel()
+        atlas, transform = _checked(item.source), item.transform
+        # -1 outside the atlas's field of view: its coverage, without a full-size array of ones
+        labels = resample(atlas.labels.array, atlas.labels.ijk_to_ras, grid, transform, labels=True, default=-1)
+        inside = labels >= 0
+        labels = np.maximum(labels, 0)
         if not np.any(labels):
             run.warn(f"atlas {atlas.name}: no labelled voxel overlaps the target after alignment; dropped")
             continue
-        inside = resample(np.ones(atlas.image.array.shape, np.float32), atlas.image.ijk_to_ras, grid, transform)
         image = resample(robust_normalise(atlas.image.array), atlas.image.ijk_to_ras, grid, transform)
-        kept.append(atlas)
+        kept.append(atlas.name)  # the name only: the arrays are freed with the atlas
         images.append(image)
         classes.append(np.searchsorted(table, labels))  # label value -> class index (table is sorted)
-        coverage.append(float((inside > 0.5).mean()))
+        coverage.append(float(inside.mean()))
     if not kept:
         raise InputError("atlases: none overlaps the target after alignment; check that they show the same anatomy")
     return target_w, kept, np.stack(images), np.stack(classes), coverage
 
 
-def _fusion_method(options: SegmentOptions, device) -> tuple[FusionMethod, Optional[SimilarityModel]]:
+def fusion_method(options: SegmentOptions, device) -> tuple[FusionMethod, Optional[SimilarityModel]]:
     """The chosen fusion method (by default PLF where a similarity network is available, else
-    NLWV) and, for PLF, the loaded similarity network: a missing or damaged one fails before the work."""
+    NLWV) and, for PLF, the loaded similarity network: a missing or damaged one fails before the work.
+    A batch calls it once up front, so a bad ``--similarity-model`` fails before any target."""
     if options.fusion is not None and options.fusion is not FusionMethod.PATCH_LABEL_FUSION:
         return options.fusion, None
     try:
@@ -163,14 +194,17 @@ def _fusion_method(options: SegmentOptions, device) -> tuple[FusionMethod, Optio
     return FusionMethod.PATCH_LABEL_FUSION, similarity
 
 
-def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentOptions] = None,
+def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options: Optional[SegmentOptions] = None,
             progress: Optional[ProgressCallback] = None,
             cancel: Optional[CancelCallback] = None) -> Result:
     """Segment ``target`` with labelled ``atlases`` (any modalities, any grids).
 
     Args:
         target: the image to segment.
-        atlases: labelled atlases; each label map on its image's grid.
+        atlases: labelled atlases; each label map on its image's grid. Atlases given as
+            :class:`~crossmodalmas.atlases.AtlasFiles` are read when needed and freed after
+            (twice: for the alignment and for the working grid), so memory does not grow with
+            their number and size.
         options: run options (defaults: :class:`SegmentOptions`).
         progress: called as ``progress(fraction, message)`` at least once per step and atlas.
         cancel: polled between steps and inside the optimisation; True stops the run.
@@ -186,23 +220,28 @@ def segment(target: Volume, atlases: Sequence[Atlas], options: Optional[SegmentO
     run = _Run(progress, cancel)
     run.step("validate", "checking inputs")
     device = resolve_device(options.device)
-    fusion, similarity = _fusion_method(options, device)
+    fusion, similarity = fusion_method(options, device)
     options = replace(options, fusion=fusion)
-    atlases = _validated(target, atlases)
+    check_volume(target, "target")
+    if not atlases:
+        raise InputError("atlases: no atlas given (at least one labelled atlas is needed)")
     model = load_registration_model(options.model, device)
-    table = _label_table(atlases, run)
     run.step("affine", "affine alignment")
-    transforms = _affine_all(target, atlases, options.seed, run)
+    aligned, unknown = _align_all(target, atlases, options.seed, run)
+    if unknown.any():
+        run.warn(unknown_warning(unknown))
+    table = _label_table(aligned, run)
     run.step("region", "working region")
-    grid = _region(target, atlases, transforms, options)
-    target_w, kept, images, classes, coverage = _on_grid(target, atlases, transforms, grid, table, run)
+    grid = _region(target, aligned, options, len(table), run)
+    target_w, kept, images, classes, coverage = _on_grid(target, aligned, grid, table, run)
     run.step("select", "atlas selection")
     scores = selection_scores(target_w, images)
     order = select_atlases(scores, options.select)
     kept, images, classes = [kept[i] for i in order], images[order], classes[order]
     coverage, scores = [coverage[i] for i in order], scores[order]
-    return _deform_and_fuse(target, grid, table, kept, images, classes, (coverage, scores), target_w,
-                            options, device, (model, similarity), run)
+    result = _deform_and_fuse(target, grid, table, kept, images, classes, (coverage, scores), target_w,
+                              options, device, (model, similarity), run)
+    return replace(result, labels=mask_unknown(result.labels, unknown), unknown=unknown if unknown.any() else None)
 
 
 def _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run):
@@ -224,11 +263,11 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target
     fields = _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run)
     run.step("fuse", f"label fusion ({options.fusion.value})")
     with torch.no_grad():
-        warped_classes = warp(one_hot(torch.from_numpy(classes)[:, None].to(device), len(table)),
-                              fields.forward).argmax(1)
+        warped_classes = warp_labels(torch.from_numpy(classes)[:, None].to(device), fields.forward,
+                                     len(table))[:, 0]
         warped_images = warp(atlases_t, fields.forward)
         warped_features = mind_ssc(warped_images)  # of the warped image: what re-fusion recomputes
-    names = [a.name for a in kept]
+    names = list(kept)
     coverage, scores = ranking
     qc = registration_qc(names, fields, atlas_features, warped_features, target_features, coverage,
                          grid.spacing_kji)

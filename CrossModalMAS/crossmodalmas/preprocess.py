@@ -1,4 +1,4 @@
-"""Working region, resampling, robust normalisation and affine pre-alignment (SimpleITK).
+"""Working region, resampling and robust normalisation (SimpleITK).
 
 Physical space is RAS mm throughout (see :mod:`crossmodalmas.volume`). SimpleITK transforms
 work in LPS and map *fixed* (target) points to *moving* (atlas) points; every function here
@@ -7,21 +7,14 @@ that returns or takes a transform says so, and only :func:`resample` feeds one t
 
 from __future__ import annotations
 
-import contextlib
-
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
-from crossmodalmas.volume import LPS_TO_RAS, Grid, LabelMap, Volume, to_sitk
+from crossmodalmas.volume import LPS_TO_RAS, Grid, LabelMap, to_sitk
 
-_AFFINE_SPACING_MM = 4.0  # affine alignment runs on copies resampled to this spacing, for speed
-# Mutual information can converge to a far-off pose where little overlaps (measured: 100-200 mm
-# translations on synthetic heart and abdomen pairs); a converged affine whose body overlap
-# falls below this fraction of the centre alignment's is not plausible and is dropped.
-_PLAUSIBLE_OVERLAP = 0.5
-_BODY_LEVEL = 0.1  # normalised intensity above which a voxel counts as body (air is ~0)
+_SAMPLED_VALUES = 2 ** 26  # resample_probabilities samples at most this many values at once (256 MiB)
 
 
 def resample(array: np.ndarray, ijk_to_ras: np.ndarray, grid: Grid,
@@ -89,10 +82,13 @@ def transform_points_to_target(points_ras: np.ndarray, transform: sitk.Transform
 
 def label_box_in_target(labels: LabelMap, transform: sitk.Transform) -> Optional[np.ndarray]:
     """RAS bounding box ``(2, 3)`` of an atlas's foreground mapped into target space; None if empty."""
-    foreground = np.argwhere(labels.array != 0)
-    if foreground.size == 0:
+    foreground = labels.array != 0
+    if not foreground.any():
         return None
-    lo, hi = foreground.min(0)[::-1], foreground.max(0)[::-1]  # (i, j, k)
+    # the box from one projection per axis: no list of every labelled voxel (argwhere) on big maps
+    spans = [np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    lo = np.array([spans[axis][0] for axis in (2, 1, 0)])  # (i, j, k)
+    hi = np.array([spans[axis][-1] for axis in (2, 1, 0)])
     corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
     points = transform_points_to_target(labels.grid.ijk_to_points(corners), transform)
     return np.stack([points.min(0), points.max(0)])
@@ -122,106 +118,18 @@ def working_grid(target: Grid, box_ras: np.ndarray, spacing_mm: Optional[float],
     return _isotropic_along(target, size, spacing_mm, target.ijk_to_points(lo[None])[0])
 
 
-def _downsampled(volume: Volume) -> sitk.Image:
-    """A normalised, smoothed copy at ~``_AFFINE_SPACING_MM`` for the affine search."""
-    image = to_sitk(robust_normalise(volume.array), volume.ijk_to_ras)
-    spacing = max(_AFFINE_SPACING_MM, float(volume.grid.spacing.min()))
-    grid = isotropic_grid(volume.grid, spacing)
-    sigma = [max(spacing - s, 0.0) / 2.0 for s in image.GetSpacing()]
-    smoothed = sitk.SmoothingRecursiveGaussian(image, sigma) if max(sigma) > 0 else image
-    return sitk.Resample(smoothed, to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras),
-                         sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+def gaussian_smooth(image: sitk.Image, sigma: list[float]) -> sitk.Image:
+    """Gaussian smoothing with ``sigma`` mm per axis (i, j, k); an axis with sigma 0 is left as it is.
 
-
-@contextlib.contextmanager
-def _one_itk_thread():
-    """ITK's metrics split their sums over a thread pool, differently from run to run, so the
-    same inputs gave transforms differing by ~1e-6 (enough to move label voxels). The metric
-    reads the global default, so it is set for the call and restored after; at ~4 mm one
-    thread costs little."""
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
-
-
-def _run_stage(fixed, moving, transform, shrink: Sequence[int], iterations: int, seed: int):
-    """One multi-resolution Mattes-MI stage; returns (optimised transform, final metric)."""
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    # SimpleITK reads seed 0 as "wall clock": shift by one so every seed is reproducible.
-    method.SetMetricSamplingPercentage(0.25, seed + 1)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.6)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(shrink))
-    method.SetSmoothingSigmasPerLevel([s - 1 for s in shrink])
-    method.SetInitialTransform(transform, inPlace=False)
-    with _one_itk_thread():
-        result = method.Execute(fixed, moving)
-    return sitk.CompositeTransform(result).GetNthTransform(0), method.GetMetricValue()
-
-
-def _affine_from(fixed, moving, start: sitk.CenteredTransformInitializerFilter, seed: int):
-    """Rigid then affine from one initialisation; returns (transform, final metric)."""
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), start)
-    rigid, _ = _run_stage(fixed, moving, initial, (2, 1), 100, seed)
-    euler = sitk.Euler3DTransform(rigid)
-    affine = sitk.AffineTransform(3)
-    affine.SetMatrix(euler.GetMatrix())
-    affine.SetTranslation(euler.GetTranslation())
-    affine.SetCenter(euler.GetCenter())
-    return _run_stage(fixed, moving, affine, (2, 1), 100, seed)
-
-
-def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform:
-    """Affine pre-alignment of an atlas to the target with Mattes mutual information.
-
-    Two starts, moments and image centres (moments alone fail where the two fields of view
-    hold different amounts of body), each a rigid then an affine stage, multi-resolution;
-    the start with the better final metric wins. A start ITK gives up on, or one whose body
-    overlap is under half the centre alignment's (a far-off pose MI liked), is dropped; if
-    none is left the image centres are aligned. All on copies resampled to ~4 mm (the
-    affine has 12 parameters; finer voxels add time, not accuracy). Mutual information
-    makes it modality-robust.
-
-    Args:
-        target: the fixed image.
-        atlas: the moving image.
-        seed: seed of the metric's random sampling (the result is deterministic given it).
-
-    Returns:
-        A SimpleITK transform mapping target LPS points to atlas LPS points.
+    ITK's smoothing filter refuses a zero sigma, which a thick-slice image gives along its
+    slices (MSD prostate: 0.6 x 0.6 x 4 mm), so those axes are smoothed one by one.
     """
-    fixed, moving = _downsampled(target), _downsampled(atlas)
-    centres = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    floor = _PLAUSIBLE_OVERLAP * _body_overlap(fixed, moving, centres)
-    candidates = []
-    for start in (sitk.CenteredTransformInitializerFilter.MOMENTS, sitk.CenteredTransformInitializerFilter.GEOMETRY):
-        try:
-            transform, metric = _affine_from(fixed, moving, start, seed)
-        except RuntimeError:  # ITK gave up (e.g. every sample mapped outside the atlas): next start
-            continue
-        if _body_overlap(fixed, moving, transform) >= floor:
-            candidates.append((transform, metric))
-    if not candidates:  # nothing converged to a plausible pose: the image centres aligned
-        return centres
-    return min(candidates, key=lambda candidate: candidate[1])[0]
-
-
-def _body_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
-    """Dice of the two bodies (normalised intensity above ``_BODY_LEVEL``) once ``transform``
-    maps the atlas onto the target: the sanity check of a converged affine."""
-    fixed_body = sitk.GetArrayViewFromImage(fixed) > _BODY_LEVEL
-    moved = sitk.Resample(moving, fixed, transform, sitk.sitkNearestNeighbor, 0.0)
-    moved_body = sitk.GetArrayViewFromImage(moved) > _BODY_LEVEL
-    total = int(fixed_body.sum()) + int(moved_body.sum())
-    return 2.0 * int((fixed_body & moved_body).sum()) / total if total else 0.0
+    if min(sigma) > 0:
+        return sitk.SmoothingRecursiveGaussian(image, sigma)
+    for axis, value in enumerate(sigma):
+        if value > 0:
+            image = sitk.RecursiveGaussian(image, value, direction=axis)
+    return image
 
 
 def _region_in(target: Grid, source: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +153,8 @@ def resample_probabilities(probabilities: np.ndarray, source: Grid, target: Grid
     Interpolating the probabilities linearly before the argmax gives smooth boundaries on a
     target grid finer than the working grid (nearest-neighbour label resampling would be
     blocky). Only the target voxels inside the source's extent are computed, a slab of
-    ``slab`` slices at a time to bound memory; the rest is background (index 0).
+    ``slab`` slices at a time to bound memory (fewer where ``C`` x slab x slice would exceed
+    ``_SAMPLED_VALUES``: a parcellation of a thousand labels); the rest is background (index 0).
 
     Args:
         probabilities: ``(C, K, J, I)`` on ``source``.
@@ -253,7 +162,8 @@ def resample_probabilities(probabilities: np.ndarray, source: Grid, target: Grid
         target: the grid to resample to.
 
     Returns:
-        ``(K, J, I)`` int64 class indices on ``target``.
+        ``(K, J, I)`` class indices on ``target``: uint8 up to 256 classes, else int32 (a
+        512 x 512 x 600 target would take 1.3 GB as int64).
     """
     import torch  # deferred: the rest of this module needs only SimpleITK and numpy
 
@@ -261,8 +171,10 @@ def resample_probabilities(probabilities: np.ndarray, source: Grid, target: Grid
 
     if same_grid(source, target):
         return np.asarray(probabilities).argmax(axis=0)  # nothing to interpolate
-    out = np.zeros(target.shape, dtype=np.int64)
+    out = np.zeros(target.shape, dtype=np.uint8 if probabilities.shape[0] <= 256 else np.int32)
     lo, hi = _region_in(target, source)
+    plane = int(hi[0] - lo[0] + 1) * int(hi[1] - lo[1] + 1)
+    slab = max(1, min(slab, _SAMPLED_VALUES // (probabilities.shape[0] * plane)))
     target_to_source = np.linalg.inv(source.ijk_to_ras) @ target.ijk_to_ras
     values = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32))[None]
     ii, jj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="xy")

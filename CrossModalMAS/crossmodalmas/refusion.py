@@ -20,6 +20,7 @@ from crossmodalmas.errors import InputError
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.fusion import disagreement, fuse
 from crossmodalmas.options import FusionMethod
+from crossmodalmas.coverage import mask_unknown
 from crossmodalmas.preprocess import resample_probabilities, same_grid
 from crossmodalmas.qc import with_fusion_figures
 from crossmodalmas.result import AtlasQC, Result
@@ -91,7 +92,7 @@ def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_valu
     else:
         labels = resample_probabilities(fused.probabilities.cpu().numpy(), grid, target_grid)
     return {
-        "labels": LabelMap(label_values[labels], target_grid.ijk_to_ras.copy()),
+        "labels": LabelMap(label_values.astype(np.int32)[labels], target_grid.ijk_to_ras.copy()),  # int32: no copy
         "weights": fused.weights.cpu().numpy().astype(np.float32),
         "uncertainty": fused.uncertainty.cpu().numpy().astype(np.float32),
         "qc": with_fusion_figures(qc, classes[:, 0], fused),
@@ -163,4 +164,5 @@ def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
     fields = fused_fields(method, result.working_grid, result.labels.grid, result.label_values,
                           result.target_image, kept["warped_images"], kept["warped_classes"],
                           [result.qc[i] for i in indices], device, similarity, model_name)
+    fields["labels"] = mask_unknown(fields["labels"], result.unknown)  # no atlas looked there: still unknown
     return replace(result, **kept, **fields)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from crossmodalmas.instance_opt import InstanceOptConfig, RegistrationFields, register
-from crossmodalmas.models import LoadedModel, ModelEntry, find_model, load_network
+from crossmodalmas.model_cache import cached_network
+from crossmodalmas.models import LoadedModel, ModelEntry, find_model
 from crossmodalmas.nets.registration_net import PredictedFields
 from crossmodalmas.transforms import resize_flow
 
@@ -30,13 +31,15 @@ RegistrationModel = LoadedModel  # a loaded registration network and its entry
 def load_registration_model(name_or_path: Optional[str], device: torch.device) -> Optional[RegistrationModel]:
     """The network ``--model`` names (None: the bundled default); None for ``instance-opt``.
 
+    Loaded once per process and device (:mod:`crossmodalmas.model_cache`).
+
     Raises:
         InputError: unknown model, missing or damaged weights (see :mod:`crossmodalmas.models`).
     """
     if name_or_path == INSTANCE_OPTIMISATION:
         return None
     entry = find_model(name_or_path, "registration")
-    return RegistrationModel(entry, load_network(entry, device=device))
+    return RegistrationModel(entry, cached_network(entry, device))
 
 
 def network_shape(shape, spacing_mm: float, entry: ModelEntry) -> tuple[int, ...]:

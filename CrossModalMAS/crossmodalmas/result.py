@@ -68,6 +68,9 @@ class Result:
         similarity_model: the similarity network's model name, once PLF has run.
         timings: seconds per step.
         warnings: what was dropped or adjusted, in words.
+        unknown: ``(K, J, I)`` bool on the target's grid: voxels no atlas's field of view
+            covers (labelled 0: unknown, see :mod:`crossmodalmas.coverage`); None where the
+            atlases cover the whole target.
     """
 
     labels: LabelMap
@@ -87,6 +90,7 @@ class Result:
     similarity_model: Optional[str] = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unknown: Optional[np.ndarray] = None
 
     @property
     def warped_labels(self) -> np.ndarray:
@@ -124,6 +128,7 @@ class Result:
             "working_grid": {"shape_kji": list(self.working_grid.shape),
                              "spacing_mm": [round(float(s), 4) for s in self.working_grid.spacing]},
             "labels": [int(v) for v in self.label_values[1:]],
+            "unknown_fraction": 0.0 if self.unknown is None else round(float(np.mean(self.unknown)), 4),
             "atlases": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(q).items()}
                         for q in self.qc],
             "warnings": list(self.warnings),

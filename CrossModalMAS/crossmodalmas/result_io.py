@@ -25,6 +25,7 @@ from crossmodalmas.volume import Grid, LabelMap
 
 ARRAYS_FILE, META_FILE = "result.npz", "result.json"
 RESULT_ARRAYS = ("label_values", "target_image", "warped_images", "warped_classes", "weights", "uncertainty")
+OPTIONAL_ARRAYS = ("similarity", "unknown")  # saved where the result has them
 
 
 def _grid(grid: Grid) -> dict:
@@ -42,8 +43,9 @@ def save_result(result: Result, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {name: getattr(result, name) for name in RESULT_ARRAYS}
     arrays["labels"] = result.labels.array
-    if result.similarity is not None:
-        arrays["similarity"] = result.similarity
+    for name in OPTIONAL_ARRAYS:
+        if getattr(result, name) is not None:
+            arrays[name] = getattr(result, name)
     with atomic_path(folder / ARRAYS_FILE, ".npz") as temp:
         with open(temp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -99,7 +101,8 @@ def load_result(folder: Path) -> Result:
             labels=LabelMap(arrays["labels"], target), working_grid=grid,
             atlas_names=list(meta["atlas_names"]), qc=qc, fusion=FusionMethod(meta["fusion"]),
             device=meta["device"], registration=meta["registration"],
-            similarity=arrays.get("similarity"), similarity_model=meta["similarity_model"],
+            similarity=arrays.get("similarity"), unknown=arrays.get("unknown"),
+            similarity_model=meta["similarity_model"],
             timings=dict(meta["timings"]), warnings=list(meta["warnings"]),
             **{name: arrays[name] for name in RESULT_ARRAYS})
     except (KeyError, TypeError, ValueError) as error:

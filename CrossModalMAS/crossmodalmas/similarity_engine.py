@@ -18,7 +18,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from crossmodalmas.models import LoadedModel, find_model, load_network
+from crossmodalmas.model_cache import cached_network
+from crossmodalmas.models import LoadedModel, find_model
 from crossmodalmas.nets.similarity import HALO, embedding_distance
 from crossmodalmas.registration_engine import network_shape
 
@@ -29,11 +30,13 @@ SimilarityModel = LoadedModel  # a loaded similarity network and its entry
 def load_similarity_model(name_or_path: Optional[str], device: torch.device) -> SimilarityModel:
     """The similarity network ``name_or_path`` names (None: the bundled default).
 
+    Loaded once per process and device (:mod:`crossmodalmas.model_cache`).
+
     Raises:
         InputError: unknown model, none bundled, missing or damaged weights.
     """
     entry = find_model(name_or_path, "similarity", flag="--similarity-model")
-    return SimilarityModel(entry, load_network(entry, device=device))
+    return SimilarityModel(entry, cached_network(entry, device))
 
 
 def _box(mask: torch.Tensor) -> Optional[tuple[slice, ...]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -74,14 +75,15 @@ class SynthConfig:
 class SynthPair:
     """A labelled pair: images ``(N, 1, D, H, W)`` float in [0, 1], labels int64 alike, and the
     true fields between them (``forward``: U with ``warp(a, U) = b``; ``backward``: V with
-    ``warp(b, V) = a``), ``(N, 3, D, H, W)`` in voxels."""
+    ``warp(b, V) = a``), ``(N, 3, D, H, W)`` in voxels; None for a pair of real images
+    (:mod:`crossmodalmas.train.real_pairs`), whose correspondence nobody knows."""
 
     image_a: torch.Tensor
     labels_a: torch.Tensor
     image_b: torch.Tensor
     labels_b: torch.Tensor
-    forward: torch.Tensor
-    backward: torch.Tensor
+    forward: Optional[torch.Tensor]
+    backward: Optional[torch.Tensor]
 
 
 def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:

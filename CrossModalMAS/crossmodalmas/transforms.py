@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 ALIGN_CORNERS = True
+CLASS_CHUNK = 16  # classes whose one-hot indicators :func:`warp_labels` warps at a time
 
 
 def _check_flow(name: str, flow: torch.Tensor) -> None:
@@ -106,7 +107,8 @@ def warp_labels(labels: torch.Tensor, flow: torch.Tensor, num_classes: int,
         flow: ``(N, 3, D, H, W)`` displacement in voxels, channels (k, j, i).
         num_classes: number of classes (background included).
         mode: ``"onehot"`` interpolates each class's indicator linearly and takes the argmax
-            (smooth boundaries); ``"nearest"`` takes the nearest voxel's class.
+            (smooth boundaries; the first class wins a tie); ``"nearest"`` takes the nearest
+            voxel's class.
 
     Returns:
         ``(N, 1, D, H, W)`` int64 class indices.
@@ -115,7 +117,20 @@ def warp_labels(labels: torch.Tensor, flow: torch.Tensor, num_classes: int,
         return warp(labels.float(), flow, mode="nearest").round().long()
     if mode != "onehot":
         raise ValueError(f"warp_labels(): 'mode' must be 'onehot' or 'nearest', got {mode!r}")
-    return warp(one_hot(labels, num_classes), flow).argmax(dim=1, keepdim=True)
+    # The indicators go through the warp CLASS_CHUNK classes at a time, so a parcellation with a
+    # thousand labels needs N x CLASS_CHUNK maps at once, not N x 1000 (the same result).
+    best_value, best_class = None, None
+    for start in range(0, num_classes, CLASS_CHUNK):
+        classes = torch.arange(start, min(start + CLASS_CHUNK, num_classes), device=labels.device)
+        indicators = (labels.long() == classes.view(1, -1, 1, 1, 1)).float()
+        value, index = warp(indicators, flow).max(dim=1, keepdim=True)
+        if best_value is None:
+            best_value, best_class = value, index + start
+        else:
+            better = value > best_value  # strictly: an earlier class keeps a tie, as argmax does
+            best_value = torch.where(better, value, best_value)
+            best_class = torch.where(better, index + start, best_class)
+    return best_class
 
 
 def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,13 @@ from crossmodalmas.volume import Grid, LabelMap, Volume
 
 MIN_VOXELS_PER_AXIS = 4
 MAX_SPACING_MM = 1000.0
+# The fusion holds one float32 map per class (each label and the background) on the working
+# grid, so classes x working voxels is kept within MAX_CLASS_VOXELS (1 GiB per set of maps):
+# up to 128 labels the working grid is unaffected; with a thousand (a cortical parcellation)
+# the pipeline coarsens it to about 64^3 voxels. Beyond MAX_LABELS it would fall below ~40^3,
+# too coarse to register on, and the atlases are refused.
+MAX_CLASS_VOXELS = 2 ** 28
+MAX_LABELS = 4000
 _ORTHOGONALITY_TOLERANCE = 1e-3
 
 
@@ -38,6 +45,17 @@ def check_grid(grid: Grid, name: str) -> None:
     direction = matrix[:3, :3] / spacing
     if not np.allclose(direction.T @ direction, np.eye(3), atol=_ORTHOGONALITY_TOLERANCE):
         raise InputError(f"{name}: direction cosines are not orthogonal (sheared or skewed geometry)")
+
+
+def check_label_count(count: int, name: str) -> None:
+    """At most :data:`MAX_LABELS` distinct foreground labels (see :data:`MAX_CLASS_VOXELS`).
+
+    Raises:
+        InputError: naming ``name``, the count and the limit.
+    """
+    if count > MAX_LABELS:
+        raise InputError(f"{name}: {count} distinct labels; at most {MAX_LABELS} are supported (the fusion holds "
+                         "one map per label on the working grid); merge labels or segment groups of them")
 
 
 def check_volume(volume: Volume, name: str) -> None:

@@ -22,7 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from crossmodalmas.atomic import atomic_path
+from crossmodalmas.dicom_series import read_dicom_series, split_series
 from crossmodalmas.errors import InputError
+from crossmodalmas.nifti_header import nifti_problem
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -145,18 +147,41 @@ def from_sitk(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return sitk.GetArrayFromImage(image), _ijk_to_ras_from_sitk(image)
 
 
-def _read_dicom_folder(path: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-    if not series:
-        raise InputError(f"{path}: folder holds no DICOM series (give an image file or a DICOM folder)")
-    if len(series) > 1:
-        raise InputError(
-            f"{path}: folder holds {len(series)} DICOM series ({', '.join(series)}); "
-            "put the one to use in a folder of its own"
-        )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-    return reader.Execute()
+def _itk_reason(error: RuntimeError) -> str:
+    """The telling line of an ITK exception: its ``ITK ERROR:`` line without the class and
+    address (the last line is often a stale ``Reason: No such file or directory``)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or ["unknown error"]
+    reason = next((line for line in lines if line.startswith("ITK ERROR:")), lines[-1])
+    reason = reason.removeprefix("ITK ERROR:").removeprefix("sitk::ERROR:").strip()
+    if "): " in reason and reason.split("(", 1)[0].isidentifier():  # 'MetaImageIO(0x55...): text'
+        reason = reason.split("): ", 1)[1]
+    return reason[:160]
+
+
+def read_any_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a file or DICOM folder with SimpleITK as it is (any dimension, any components).
+
+    A DICOM folder that holds several series takes ``FOLDER::SERIES_UID``
+    (:mod:`crossmodalmas.dicom_series`). A NIfTI file is checked for what ITK lets through
+    (:mod:`crossmodalmas.nifti_header`: data cut short, a zero voxel size).
+
+    Raises:
+        InputError: the path does not exist or cannot be read as an image; a DICOM folder
+            with several series and none chosen; a truncated NIfTI.
+    """
+    path = Path(path)
+    source, series = split_series(path)
+    if not source.exists():
+        raise InputError(f"{path}: file does not exist")
+    if series is not None and not source.is_dir():
+        raise InputError(f"{path}: '::SERIES_UID' picks a series of a DICOM folder, and {source} is not a folder")
+    problem = None if source.is_dir() else nifti_problem(source)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    try:
+        return read_dicom_series(source, series, str(path)) if source.is_dir() else sitk.ReadImage(str(source))
+    except RuntimeError as error:
+        raise InputError(f"{path}: cannot be read as an image ({_itk_reason(error)})") from error
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
@@ -167,13 +192,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             (2-D, 4-D) or not scalar (RGB, vector).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file does not exist")
-    try:
-        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise InputError(f"{path}: cannot be read as an image ({first_line[:160]})") from error
+    image = read_any_image(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel "
@@ -219,8 +238,12 @@ def _atomic_write(image: sitk.Image, path: Path) -> None:
     try:
         with atomic_path(path, suffix) as temp:
             sitk.WriteImage(image, str(temp), useCompression=True)
+            problem = nifti_problem(temp)  # ITK's NIfTI writer says nothing when the disk fills
+            if problem:
+                raise InputError(f"{path}: cannot write (the file came out incomplete: {problem}; "
+                                 "is the disk full?)")
     except RuntimeError as error:
-        raise InputError(f"{path}: cannot write ({str(error).strip().splitlines()[-1][:160]})") from error
+        raise InputError(f"{path}: cannot write ({_itk_reason(error)})") from error
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> None:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+from crossmodalmas.data import LAYOUTS
 from crossmodalmas.errors import InputError
 from crossmodalmas.nets.registration_net import RegistrationNetConfig
 from crossmodalmas.options import DeviceChoice
@@ -65,7 +66,23 @@ class TrainingConfig(JsonConfig):
         seed: seeds everything random in the run.
         device: "auto", "cpu" or "cuda"; mixed precision (bfloat16) is used on CUDA.
         threads: CPU threads for torch (None: torch's default).
-        synth: the synthetic-pair ranges.
+        synth: the synthetic-pair ranges (for real pairs: the augmentation's deformation ranges).
+        dataset: a labelled dataset of the user's (:func:`crossmodalmas.data.open_dataset`: a
+            CSV manifest, a Decathlon, MM-WHS or plain folder); None: synthetic pairs only.
+        dataset_layout: its layout (:data:`crossmodalmas.data.LAYOUTS`; "auto" detects it).
+        label_map: a label remap for the dataset (a JSON file, or a bundled name such as "mmwhs").
+        real_fraction: share of the training pairs drawn from ``dataset`` (0: none, 1: all);
+            each step draws its whole batch from one kind (:mod:`crossmodalmas.train.pair_feed`).
+        crop_labels: the label values (after ``label_map``) a real case is cropped around;
+            empty: all foreground. Seed 000 crops around the LV myocardium.
+        crop_margin_mm: margin around those labels, mm.
+        augment: deform real pairs at random (affine + smooth deformation with the ``synth``
+            ranges; seed 000 augments its real pairs so).
+        init: fine-tune: start from this model's weights (a bundled model's name or a model
+            entry path); its architecture arguments must equal ``net``.
+        workers: processes that draw and load pairs (0: in the main process, with the run's own
+            random stream; None: 0 on CPU, up to 4 on CUDA). See
+            :mod:`crossmodalmas.train.pair_feed` for what a resume guarantees with workers > 0.
     """
 
     name: str = "xmod-general"
@@ -82,6 +99,15 @@ class TrainingConfig(JsonConfig):
     device: str = "auto"
     threads: Optional[int] = None
     synth: SynthConfig = field(default_factory=SynthConfig)
+    dataset: Optional[str] = None
+    dataset_layout: str = "auto"
+    label_map: Optional[str] = None
+    real_fraction: float = 0.0
+    crop_labels: tuple = ()
+    crop_margin_mm: float = 10.0
+    augment: bool = True
+    init: Optional[str] = None
+    workers: Optional[int] = None
 
     def __post_init__(self):
         self.device = DeviceChoice(self.device).value
@@ -89,11 +115,26 @@ class TrainingConfig(JsonConfig):
         self.shape = tuple(int(s) for s in self.shape)
         if isinstance(self.synth, dict):
             self.synth = SynthConfig(**self.synth)
+        self.crop_labels = tuple(int(label) for label in self.crop_labels)
+        self._check_real_data()
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 0):
+            raise ValueError(f"'workers' must be None or an integer >= 0, got {self.workers!r}")
+
+    def _check_real_data(self) -> None:
+        if not 0.0 <= self.real_fraction <= 1.0:
+            raise ValueError(f"'real_fraction' must be in [0, 1], got {self.real_fraction}")
+        if self.real_fraction > 0 and not self.dataset:
+            raise ValueError(f"'real_fraction' {self.real_fraction} needs a 'dataset' (none given)")
+        if self.dataset_layout not in LAYOUTS:
+            raise ValueError(f"'dataset_layout' must be one of {', '.join(LAYOUTS)}, got {self.dataset_layout!r}")
+        if not self.crop_margin_mm >= 0:
+            raise ValueError(f"'crop_margin_mm' must be >= 0, got {self.crop_margin_mm}")
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(sources=list(self.sources), shape=list(self.shape), synth=self.synth.to_dict(),
-                   net=self.net.to_dict())
+                   net=self.net.to_dict(), crop_labels=list(self.crop_labels))
         return out
 
 

@@ -46,5 +46,16 @@ class TrainingLog:
         return out
 
 
+class DiscardedLog:
+    """The log of a training process other than rank 0: rows and figures are dropped (rank 0
+    alone writes the run folder, :mod:`crossmodalmas.train.distributed`)."""
+
+    def append(self, row: dict) -> None:
+        """Drop ``row``."""
+
+    def plot(self, loss_column: str, validation_column: str) -> None:
+        """Draw nothing."""
+
+
 def _format(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)

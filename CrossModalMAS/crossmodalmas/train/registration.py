@@ -1,5 +1,8 @@
 """``crossmodalmas train-registration``: train the consistent registration network on
-synthetic cross-modality pairs (:mod:`crossmodalmas.synth`), checkpointing and resuming.
+synthetic cross-modality pairs (:mod:`crossmodalmas.synth`), real pairs of a labelled dataset
+(:mod:`crossmodalmas.train.real_pairs`) or both, from scratch or fine-tuning a model
+(:mod:`crossmodalmas.train.fine_tune`), on one process or several
+(:mod:`crossmodalmas.train.distributed`), checkpointing and resuming.
 
 The run folder holds ``config.json``, ``checkpoint.pt`` (every few minutes, atomic),
 ``log.csv`` and ``log.png``, and at the end ``model.pt`` (``{config, state_dict, version}``)
@@ -14,11 +17,11 @@ from typing import Callable, Optional
 import torch
 
 from crossmodalmas.losses import consistent_registration_loss, label_constrained_loss
-from crossmodalmas.synth import synth_pair
 from crossmodalmas.train.checkpoint import CHECKPOINT_NAME
 from crossmodalmas.train.config import LossKind, TrainRegistrationConfig
+from crossmodalmas.train.distributed import Distributed
 from crossmodalmas.train.loop import run_training
-from crossmodalmas.train.model_entry import write_model
+from crossmodalmas.train.model_entry import ENTRY_FILE, training_data, write_model
 from crossmodalmas.train.run_state import RunState
 from crossmodalmas.train.validation import validate, validation_pairs
 from crossmodalmas.transforms import one_hot, warp
@@ -26,6 +29,7 @@ from crossmodalmas.transforms import one_hot, warp
 ARCHITECTURE = "consistent-registration-net"
 _COLUMNS = ["step", "seconds", "loss", "dice", "smoothness", "invertibility", "similarity", "end_point_error",
             "val_dice_before", "val_dice", "val_folding_percent"]
+_REAL_COLUMNS = ["val_real_dice_before", "val_real_dice", "val_real_folding_percent"]
 
 
 def _loss_labels(labels_a, labels_b, max_labels: int, generator):
@@ -56,7 +60,7 @@ def _papers_loss(config: TrainRegistrationConfig, pair, forward, backward, gener
 def _loss_terms(config: TrainRegistrationConfig, pair, forward, backward, generator) -> dict:
     """The papers' loss plus, where configured, the supervised end-point term (see the config)."""
     terms = _papers_loss(config, pair, forward, backward, generator)
-    if config.lambda_supervised > 0:
+    if config.lambda_supervised > 0 and pair.forward is not None:  # real pairs have no true field
         error = ((forward - pair.forward).norm(dim=1).mean()
                  + (backward - pair.backward).norm(dim=1).mean())
         terms["end_point_error"] = error
@@ -65,24 +69,36 @@ def _loss_terms(config: TrainRegistrationConfig, pair, forward, backward, genera
 
 
 class _Run(RunState):
-    """A registration run: synthetic pairs, the papers' loss, held-out pair validation."""
+    """A registration run: synthetic and/or real pairs, the papers' loss, held-out pair validation."""
 
-    def __init__(self, config: TrainRegistrationConfig, out: Path):
-        super().__init__(config, out, ARCHITECTURE, _COLUMNS)
-        self.validation = validation_pairs(self.eval_bank, config.validation_pairs, config.synth,
-                                           config.seed + 1, self.device)
+    def __init__(self, config: TrainRegistrationConfig, out: Path, place: Distributed = Distributed()):
+        real = config.real_fraction > 0
+        super().__init__(config, out, ARCHITECTURE, _COLUMNS + (_REAL_COLUMNS if real else []), place)
+        if real:
+            self._PLOT = ("loss", "val_real_dice")
+        main = place.is_main
+        self.validation = (validation_pairs(self.eval_bank, config.validation_pairs, config.synth, config.seed + 1,
+                                            self.device) if main and self.eval_bank is not None else [])
+        self.real_validation = (self.real.validation_pairs(config.validation_pairs, config.seed + 1, self.device)
+                                if main and real else [])
+
+    def unused_parameters(self) -> bool:
+        return self.config.loss is LossKind.LABEL_CONSTRAINED  # seed 004's loss leaves V out
 
     def train_step(self) -> dict:
-        labels = self.draw_labels()
-        pair = synth_pair(labels, int(labels.max()) + 1, self.config.synth, self.generator)
+        pair = self.next_pairs().pair
         with self.autocast:
-            forward, backward = self.net(pair.image_a, pair.image_b)
+            forward, backward = self.model(pair.image_a, pair.image_b)
         terms = _loss_terms(self.config, pair, forward.float(), backward.float(), self.generator)
         self.optimise(terms["total"])
         return {name: float(value.detach()) for name, value in terms.items()}
 
     def validate(self) -> dict:
-        return validate(self.net, self.validation)
+        figures = validate(self.net, self.validation) if self.validation else {}
+        if self.real_validation:
+            figures.update({name.replace("val_", "val_real_", 1): value
+                            for name, value in validate(self.net, self.real_validation).items()})
+        return figures
 
 
 def _working_grid(config: TrainRegistrationConfig) -> dict:
@@ -111,11 +127,13 @@ def train_registration(config: Optional[TrainRegistrationConfig], out: Path, res
     """
     out = Path(out)
     run = run_training(TrainRegistrationConfig, _Run, "train-registration", config, out, resume,
-                       show_progress, should_stop, steps)
+                       show_progress, should_stop, steps, task="registration", architecture=ARCHITECTURE)
     config = run.config
     if run.step < config.steps:
         return out / CHECKPOINT_NAME
+    if not run.place.is_main:  # rank 0 writes the model
+        return out / ENTRY_FILE
     return write_model(run.net, config, ARCHITECTURE, run.validate(), run.seconds, out,
                        task="registration", working_grid=_working_grid(config),
                        description=f"consistent registration network ({config.net.mode.value} mode), "
-                                   f"trained on synthetic pairs from {', '.join(config.sources)}")
+                                   f"trained on {training_data(config)}")

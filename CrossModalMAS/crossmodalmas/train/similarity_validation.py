@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 from crossmodalmas.label_sources import LabelMapBank
 from crossmodalmas.synth import synth_pair
 from crossmodalmas.train.patches import patch_dice, random_offsets, sample_queries, support_logits
+from crossmodalmas.train.validation import ValidationPair
 from crossmodalmas.train.warped_pairs import WarpedPair, warp_pairs
 
 _QUERIES = 128  # per validation pair
@@ -27,6 +28,14 @@ class ValidationCase:
     dice: torch.Tensor
 
 
+def _case(warped: WarpedPair, config, generator: torch.Generator) -> ValidationCase:
+    """Fixed queries, offsets and their patch Dice on one warped pair."""
+    queries = sample_queries(warped.target_labels[0], _QUERIES, config.margin, generator)
+    offsets = random_offsets(queries.shape[0], config.candidates, config.max_offset, generator)
+    dice = patch_dice(warped.target_labels[0], warped.atlas_labels[0], queries, offsets)
+    return ValidationCase(warped, queries, offsets, dice)
+
+
 def similarity_validation_pairs(bank: LabelMapBank, registration, config, device) -> list[ValidationCase]:
     """Fixed held-out cases: every other one warped by the registration network (as at test
     time), the others by their true field (as after a good registration)."""
@@ -36,11 +45,16 @@ def similarity_validation_pairs(bank: LabelMapBank, registration, config, device
         labels = labels.to(device).unsqueeze(0)
         pair = synth_pair(labels, int(labels.max()) + 1, config.synth, generator)
         warped = warp_pairs(registration, pair, torch.tensor([index % 2 == 1], device=device))
-        queries = sample_queries(warped.target_labels[0], _QUERIES, config.margin, generator)
-        offsets = random_offsets(queries.shape[0], config.candidates, config.max_offset, generator)
-        dice = patch_dice(warped.target_labels[0], warped.atlas_labels[0], queries, offsets)
-        cases.append(ValidationCase(warped, queries, offsets, dice))
+        cases.append(_case(warped, config, generator))
     return cases
+
+
+def real_validation_cases(pairs: list[ValidationPair], registration, config, device) -> list[ValidationCase]:
+    """Fixed cases from held-out real pairs (:meth:`crossmodalmas.train.real_pairs.RealPairs.validation_pairs`),
+    each atlas warped by the registration network (a real pair has no true field)."""
+    generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    return [_case(warp_pairs(registration, item.pair, torch.tensor([False], device=device)), config, generator)
+            for item in pairs]
 
 
 def candidate_logits(net, case: ValidationCase) -> torch.Tensor:

@@ -25,9 +25,16 @@ class WarpedPair:
 @torch.no_grad()
 def warp_pairs(model: RegistrationModel, pair: SynthPair, use_true_field: torch.Tensor) -> WarpedPair:
     """Each pair's atlas (``image_a``, ``labels_a``) on its target's grid: by the network's
-    forward field, or by the pair's true one where ``use_true_field`` ``(N,)`` is True."""
+    forward field, or by the pair's true one where ``use_true_field`` ``(N,)`` is True.
+
+    Raises:
+        ValueError: a true field is asked for where the pair has none (a real pair).
+    """
     forward = model.net.predict(pair.image_a, pair.image_b).forward.float()
-    forward = torch.where(use_true_field.view(-1, 1, 1, 1, 1), pair.forward, forward)
+    if pair.forward is not None:
+        forward = torch.where(use_true_field.view(-1, 1, 1, 1, 1), pair.forward, forward)
+    elif bool(use_true_field.any()):
+        raise ValueError("warp_pairs(): 'use_true_field' asks for the true field of a pair that has none (a real pair)")
     labels = warp(pair.labels_a.float(), forward, mode="nearest").long()
     return WarpedPair(target=pair.image_b, target_labels=pair.labels_b[:, 0],
                       atlas=warp(pair.image_a, forward), atlas_labels=labels[:, 0])

@@ -1,0 +1,305 @@
+"""Global initialisation: where in the target the atlas's anatomy lies, before the affine step.
+
+An affine optimiser only walks downhill from where it starts. Atlases that show a fraction of
+the target (an MR slab of the upper abdomen for a CT from neck to pelvis), scanners whose
+origins disagree by metres, and LPS/RAS or head-first/feet-first mix-ups all start it in the
+wrong valley. So every pose of a coarse set is scored first: a few orientations (the identity,
+the three 180-degree flips that such mix-ups produce, and tilts) times *every* translation
+that keeps the two fields of view overlapping, at ~7 mm.
+
+The score is mutual information times the number of overlapping voxels (``N * MI``, the G
+statistic of dependence): modality-robust like MI, and favouring the pose that explains the
+most voxels (normalised MI, tried first, preferred slabs hanging half outside the target over
+featureless anatomy). For one orientation it is computed at all translations at once: with
+intensities in ``B`` quantile bins, the joint histogram at translation ``d`` is the
+cross-correlation of the atlas's and the target's bin-indicator images, ``B x B`` correlations by FFT (voxels outside a field of view
+are in no bin, so only the true overlap counts). An exhaustive search, not a local one, so the
+best pose on this grid is found wherever it is.
+
+Space: RAS mm. A pose maps an atlas point ``x`` to the target point ``R (x - c) + c + t``
+(``c`` the atlas's centre); :func:`pose_transform` turns it into the SimpleITK transform
+(target LPS -> atlas LPS) that :mod:`crossmodalmas.affine` refines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from crossmodalmas.preprocess import gaussian_smooth
+from crossmodalmas.volume import LPS_TO_RAS, Grid, Volume, to_sitk
+
+SEARCH_SPACING_MM = 7.0  # coarse enough for an exhaustive search, fine enough that organs span voxels
+BINS = 6  # quantile bins per image: BINS^2 = 36 correlations per orientation
+MIN_OVERLAP = 0.5  # a pose must overlap at least this share of the smaller field of view
+_TILT_DEG = 20.0  # tilts about each axis; the affine step reaches the rest (~10 degrees)
+_MIN_SEARCH_VOXELS = 12  # the search grid spans at least this many voxels along the target's shortest axis
+_PEAK_SEPARATION_MM = 30.0  # two kept poses of one orientation are at least this far apart
+
+
+def rotation_about(axis: int, degrees: float) -> np.ndarray:
+    """Rotation by ``degrees`` about RAS axis ``axis`` (0 R, 1 A, 2 S)."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [a for a in range(3) if a != axis]
+    matrix = np.eye(3)
+    matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = c, -s, s, c
+    return matrix
+
+
+def search_orientations(tilt_deg: float = _TILT_DEG) -> list[np.ndarray]:
+    """The orientations tried: identity; 180 degrees about S (LPS read as RAS, prone vs supine),
+    about A (head-first vs feet-first) and about R; and ``+-tilt_deg`` about each axis.
+
+    Returns:
+        A list of proper 3x3 rotations (RAS).
+    """
+    flips = [np.eye(3)] + [rotation_about(axis, 180.0) for axis in (2, 1, 0)]
+    tilts = [rotation_about(axis, sign * tilt_deg) for axis in range(3) for sign in (1.0, -1.0)] if tilt_deg else []
+    return flips + tilts
+
+
+@dataclass(frozen=True)
+class Pose:
+    """A rigid placement of the atlas in the target (RAS mm; see the module docstring).
+
+    Attributes:
+        rotation: ``R``, 3x3.
+        centre: ``c``, the atlas's centre the rotation turns about.
+        translation: ``t``.
+        score: mutual information times overlapping voxels (nats) on the search grid.
+        overlap: overlapping voxels over the smaller field of view's voxels.
+    """
+
+    rotation: np.ndarray
+    centre: np.ndarray
+    translation: np.ndarray
+    score: float
+    overlap: float
+
+
+@dataclass(frozen=True)
+class _Binned:
+    """An image on an axis-aligned RAS grid at the search spacing: each voxel's quantile bin,
+    -1 outside the field of view; ``origin`` is voxel (0, 0, 0)'s RAS position."""
+
+    bins: np.ndarray
+    origin: np.ndarray
+    edges: np.ndarray
+    grid: Grid
+
+
+def _ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: float) -> Grid:
+    size = np.maximum(np.ceil((hi - lo) / spacing).astype(int) + 1, 1)
+    ijk_to_ras = np.diag([spacing, spacing, spacing, 1.0])
+    ijk_to_ras[:3, 3] = lo
+    return Grid(tuple(int(s) for s in size[::-1]), ijk_to_ras)
+
+
+def _ras_to_lps_affine(matrix: np.ndarray, offset: np.ndarray) -> sitk.AffineTransform:
+    """``y -> matrix @ y + offset`` in RAS, as a SimpleITK transform in LPS."""
+    flip = LPS_TO_RAS[:3, :3]
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix((flip @ matrix @ flip).ravel().tolist())
+    transform.SetTranslation((flip @ offset).tolist())
+    return transform
+
+
+def _smoothed(volume: Volume, spacing: float) -> sitk.Image:
+    image = to_sitk(volume.array.astype(np.float32), volume.ijk_to_ras)
+    sigma = [max(spacing - s, 0.0) / 2.0 for s in image.GetSpacing()]  # anti-aliasing before the coarse grid
+    return gaussian_smooth(image, sigma)
+
+
+def _on_ras_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
+    """Values and field-of-view mask of ``image`` on ``grid`` (``transform``: grid LPS -> image LPS)."""
+    reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
+    values = sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ones = sitk.Image(image.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(image)
+    inside = sitk.Resample(ones, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(values), sitk.GetArrayFromImage(inside) > 0.5
+
+
+def _quantile_bins(values: np.ndarray, inside: np.ndarray, edges: Optional[np.ndarray] = None):
+    """Bin index per voxel (-1 outside); equal-population bins make the histogram contrast-free."""
+    if edges is None:
+        edges = np.quantile(values[inside], np.linspace(0, 1, BINS + 1)[1:-1]) if inside.any() else np.zeros(BINS - 1)
+    bins = np.where(inside, np.digitize(values, edges), -1).astype(np.int8)
+    return bins, edges
+
+
+def _binned(volume: Volume, smoothed: sitk.Image, spacing: float, rotation: np.ndarray, centre: np.ndarray,
+            edges: Optional[np.ndarray] = None) -> _Binned:
+    """``volume`` (``smoothed``: its :func:`_smoothed` copy) turned by ``rotation`` about ``centre``,
+    binned on the axis-aligned grid around it (with its own quantiles, unless ``edges`` given)."""
+    corners = volume.grid.corners_ras() @ rotation.T + (centre - rotation @ centre)
+    grid = _ras_grid(corners.min(0), corners.max(0), spacing)
+    to_source = _ras_to_lps_affine(rotation.T, centre - rotation.T @ centre)  # grid point -> source point
+    values, inside = _on_ras_grid(smoothed, grid, to_source)
+    bins, edges = _quantile_bins(values, inside, edges)
+    return _Binned(bins, grid.ijk_to_ras[:3, 3].copy(), edges, grid)
+
+
+def _fast_size(n: int) -> int:
+    """The smallest size >= ``n`` with no prime factor above 5: FFTs of such sizes run several
+    times faster than of sizes with a large prime factor (measured: 102 = 2 x 3 x 17)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def _indicator_spectra(bins: np.ndarray, size: tuple) -> torch.Tensor:
+    """rFFTs of the ``BINS`` indicator images, zero-padded to ``size``."""
+    labels = torch.from_numpy(bins.astype(np.int64))
+    indicators = torch.stack([(labels == b).float() for b in range(BINS)])
+    return torch.fft.rfftn(indicators, s=size, dim=(1, 2, 3))
+
+
+def _correlate(target_spectra: torch.Tensor, atlas_spectrum: torch.Tensor, size: tuple,
+               valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Overlap counts at every translation (only at ``valid`` ones, flattened, if given)."""
+    counts = torch.fft.irfftn(target_spectra * atlas_spectrum, s=size, dim=(-3, -2, -1))
+    if valid is not None:
+        counts = counts[..., valid]
+    # Counts come back as floats with FFT round-off (well under 0.5 at these sizes): round them.
+    return counts.round_().clamp_(min=0.0)
+
+
+def _n_log_n(counts: torch.Tensor) -> torch.Tensor:
+    """n log n elementwise (0 log 0 = 0), in float64 (sums of ~1e5 counts)."""
+    counts = counts.double()
+    return counts * torch.log(counts.clamp_min(1.0))
+
+
+def _dependence_map(target_spectra: torch.Tensor, atlas_bins: np.ndarray, size: tuple, min_count: float):
+    """Mutual information times overlap (``N * MI``, nats) at every translation ``d`` (atlas voxel
+    ``u`` on target voxel ``u + d``; index ``d mod size``) that overlaps ``min_count`` voxels or
+    more, -inf elsewhere; and the overlap counts.
+
+    ``N * MI`` (the G statistic of independence) rather than normalised MI: measured on phantom
+    slabs, NMI preferred poses where half the slab hung outside the target over a featureless
+    part of the body (an almost deterministic joint histogram); the total evidence of dependence
+    prefers the pose that explains the most voxels.
+    """
+    atlas_spectra = _indicator_spectra(atlas_bins, size).conj()
+    total = _correlate(target_spectra.sum(0), atlas_spectra.sum(0), size)
+    valid = total >= min_count
+    n = total[valid].double()
+    joint_sum = torch.zeros_like(n)
+    atlas_sum = torch.zeros_like(n)
+    target_marginal = torch.zeros((BINS, n.numel()), dtype=torch.float64)
+    for a in range(BINS):  # one atlas bin at a time: memory stays at BINS maps, not BINS^2
+        joint = _correlate(target_spectra, atlas_spectra[a], size, valid)
+        joint_sum += _n_log_n(joint).sum(0)
+        atlas_sum += _n_log_n(joint.sum(0))
+        target_marginal += joint
+    # N * MI = sum n_ab log n_ab - sum n_a log n_a - sum n_b log n_b + N log N
+    information = joint_sum - atlas_sum - _n_log_n(target_marginal).sum(0) + _n_log_n(n)
+    score = torch.full(total.shape, -torch.inf, dtype=torch.float64)
+    score[valid] = information
+    return score, total
+
+
+def _peaks(score: torch.Tensor, count: int, separation_vox: int) -> list[tuple[int, ...]]:
+    """Indices of up to ``count`` finite maxima, at least ``separation_vox`` apart along some axis
+    (non-maximum suppression; the translation axes wrap, index ``d mod size``)."""
+    score = score.clone()
+    found = []
+    for _ in range(count):
+        best = np.unravel_index(int(torch.argmax(score)), score.shape)
+        if not torch.isfinite(score[best]):
+            break
+        found.append(tuple(int(v) for v in best))
+        near = [torch.arange(b - separation_vox, b + separation_vox + 1) % n for b, n in zip(best, score.shape)]
+        score[torch.meshgrid(*near, indexing="ij")] = -torch.inf
+    return found
+
+
+def _information(joint: np.ndarray) -> float:
+    """``N * MI`` (nats) of a joint histogram (see :func:`_dependence_map`)."""
+    def n_log_n(counts) -> float:
+        return float(np.sum(counts * np.log(np.maximum(counts, 1.0))))
+
+    return n_log_n(joint) - n_log_n(joint.sum(1)) - n_log_n(joint.sum(0)) + n_log_n(np.array(joint.sum()))
+
+
+class GlobalSearch:
+    """The target binned once on its search grid; poses and scores of atlases against it.
+
+    Args:
+        target: the fixed image (any grid, any modality).
+        spacing_mm: the search grid's spacing; finer for a target less than ``_MIN_SEARCH_VOXELS``
+            of it across (a 5 cm field of view would be a handful of voxels).
+    """
+
+    def __init__(self, target: Volume, spacing_mm: float = SEARCH_SPACING_MM):
+        extent = (np.array(target.grid.shape) - 1) * target.grid.spacing_kji
+        spacing_mm = min(spacing_mm, max(float(extent.min()) / _MIN_SEARCH_VOXELS, float(target.grid.spacing.min())))
+        self.spacing_mm = spacing_mm
+        self.fixed = _binned(target, _smoothed(target, spacing_mm), spacing_mm, np.eye(3), np.zeros(3))
+
+    def poses(self, atlas: Volume, keep: int = 3,
+              orientations: Optional[Sequence[np.ndarray]] = None) -> list[Pose]:
+        """The best rigid placements of ``atlas`` over orientations and all translations.
+
+        Args:
+            atlas: the moving image.
+            keep: how many poses to return, at least ``_PEAK_SEPARATION_MM`` apart within one
+                orientation.
+            orientations: rotations to try (default :func:`search_orientations`).
+
+        Returns:
+            Up to ``keep`` :class:`Pose` s, best score first; empty if none overlaps enough.
+        """
+        orientations = search_orientations() if orientations is None else orientations
+        fixed, spacing = self.fixed, self.spacing_mm
+        centre = atlas.grid.corners_ras().mean(0)
+        smoothed = _smoothed(atlas, spacing)
+        edges = _binned(atlas, smoothed, spacing, np.eye(3), centre).edges  # one binning for every orientation
+        moved = [_binned(atlas, smoothed, spacing, rotation, centre, edges) for rotation in orientations]
+        # at least target + atlas - 1 along each axis: the correlation does not wrap around
+        size = tuple(_fast_size(int(t + max(m.bins.shape[i] for m in moved) - 1)) for i, t in enumerate(fixed.bins.shape))
+        target_spectra = _indicator_spectra(fixed.bins, size)
+        smaller = min(int((fixed.bins >= 0).sum()), min(int((m.bins >= 0).sum()) for m in moved))
+        poses = []
+        for rotation, binned in zip(orientations, moved):
+            score, total = _dependence_map(target_spectra, binned.bins, size, MIN_OVERLAP * smaller)
+            for index in _peaks(score, keep, int(round(_PEAK_SEPARATION_MM / spacing))):
+                # index d below the target's size is the shift d; above it, d - size (a negative shift)
+                shift_kji = np.array([d if d < n else d - s for d, n, s in zip(index, fixed.bins.shape, size)], float)
+                translation = fixed.origin - binned.origin + shift_kji[::-1] * spacing
+                poses.append(Pose(rotation, centre, translation, float(score[index]), float(total[index]) / smaller))
+        return sorted(poses, key=lambda pose: -pose.score)[:keep]
+
+    def scores(self, atlas: Volume, transforms: Sequence[sitk.Transform]) -> list[float]:
+        """``N * MI`` of ``atlas`` placed by each transform (target LPS -> atlas LPS) on the search
+        grid: the measure the poses were ranked by, for any transform (e.g. a refined affine)."""
+        smoothed = _smoothed(atlas, self.spacing_mm)
+        edges = _binned(atlas, smoothed, self.spacing_mm, np.eye(3), np.zeros(3)).edges
+        return [self._score(smoothed, edges, transform) for transform in transforms]
+
+    def _score(self, smoothed: sitk.Image, edges: np.ndarray, transform: sitk.Transform) -> float:
+        values, inside = _on_ras_grid(smoothed, self.fixed.grid, transform)
+        atlas_bins, _ = _quantile_bins(values, inside, edges)
+        both = (atlas_bins >= 0) & (self.fixed.bins >= 0)
+        pairs = atlas_bins[both].astype(np.int64) * BINS + self.fixed.bins[both]
+        return _information(np.bincount(pairs, minlength=BINS * BINS).reshape(BINS, BINS).astype(float))
+
+
+def pose_transform(pose: Pose) -> sitk.Euler3DTransform:
+    """The SimpleITK transform of a pose: target LPS points -> atlas LPS points (its inverse)."""
+    flip = LPS_TO_RAS[:3, :3]
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter((flip @ (pose.centre + pose.translation)).tolist())
+    transform.SetMatrix((flip @ pose.rotation.T @ flip).ravel().tolist())
+    transform.SetTranslation((-(flip @ pose.translation)).tolist())
+    return transform

@@ -1,0 +1,119 @@
+"""crossmodalmas.global_search and crossmodalmas.affine: finding the anatomy before the affine step."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from crossmodalmas.affine import affine_align
+from crossmodalmas.global_search import GlobalSearch, pose_transform, search_orientations
+from crossmodalmas.preprocess import transform_points_to_target
+from crossmodalmas.volume import Volume
+
+SPACING = 4.0
+
+
+def _blobs(shape=(40, 32, 32), seed=0) -> np.ndarray:
+    """A smooth random image with structure everywhere (no symmetry a flip could match)."""
+    noise = np.random.default_rng(seed).random(shape)
+    return ndimage.gaussian_filter(noise, 2.0).astype(np.float32)
+
+
+def _grid(shape, origin=(0.0, 0.0, 0.0), rotation=np.eye(3)) -> np.ndarray:
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = rotation * SPACING
+    ijk_to_ras[:3, 3] = origin
+    return ijk_to_ras
+
+
+def _rot(axis: int) -> np.ndarray:
+    """180 degrees about RAS axis ``axis``."""
+    matrix = -np.eye(3)
+    matrix[axis, axis] = 1.0
+    return matrix
+
+
+def _error_mm(atlas: Volume, frame: np.ndarray, transform) -> float:
+    """Mean distance between where ``transform`` puts atlas voxels and where they truly are
+    (the atlas is the target's voxels [k0:] re-labelled by ``frame``: RAS -> scanner RAS)."""
+    ijk = np.argwhere(np.ones(atlas.array.shape, bool))[::97][:, ::-1].astype(float)
+    points = atlas.grid.ijk_to_points(ijk)
+    truth = (np.linalg.inv(frame) @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+    return float(np.linalg.norm(transform_points_to_target(points, transform) - truth, axis=1).mean())
+
+
+def _case(k0: int, k1: int, frame: np.ndarray):
+    image = _blobs()
+    target = Volume(image, _grid(image.shape))
+    slab = image[k0:k1]
+    atlas = Volume(slab.copy(), frame @ _grid(slab.shape, origin=(0.0, 0.0, k0 * SPACING)))
+    return target, atlas
+
+
+def _frame(rotation=np.eye(3), offset=(0.0, 0.0, 0.0)) -> np.ndarray:
+    frame = np.eye(4)
+    frame[:3, :3], frame[:3, 3] = rotation, offset
+    return frame
+
+
+@pytest.mark.parametrize("rotation, offset", [
+    (np.eye(3), (0.0, 0.0, 0.0)),
+    (np.eye(3), (700.0, -300.0, 1200.0)),  # origins in another frame
+    (_rot(2), (0.0, 0.0, 0.0)),  # LPS read as RAS
+    (_rot(1), (-50.0, 20.0, 900.0)),  # head-first vs feet-first, and far away
+])
+def test_a_slab_of_a_fifth_of_the_target_is_found_in_any_frame(rotation, offset):
+    frame = _frame(rotation, offset)
+    target, atlas = _case(24, 32, frame)  # 8 of 40 slices, near the end
+    best = GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=1)[0]
+    assert _error_mm(atlas, frame, pose_transform(best)) < SPACING  # within one search voxel
+
+
+def test_a_target_that_is_a_slab_of_the_atlas_is_found():
+    image = _blobs()
+    atlas = Volume(image, _frame(_rot(2), (300.0, 0.0, 0.0)) @ _grid(image.shape))
+    target = Volume(image[10:20].copy(), _grid((10, 32, 32), origin=(0.0, 0.0, 10 * SPACING)))
+    best = GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=1)[0]
+    point = transform_points_to_target(atlas.grid.ijk_to_points(np.array([[5.0, 5.0, 15.0]])), pose_transform(best))
+    assert np.linalg.norm(point[0] - np.array([5.0, 5.0, 15.0]) * SPACING) < SPACING
+    assert best.overlap == pytest.approx(1.0, abs=0.05)  # all of the target overlaps the atlas
+
+
+def test_poses_are_sorted_and_kept_apart():
+    target, atlas = _case(10, 18, _frame())
+    poses = GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=3, orientations=[np.eye(3)])
+    assert [p.score for p in poses] == sorted((p.score for p in poses), reverse=True)
+    shifts = [p.translation for p in poses]
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(shifts) for b in shifts[i + 1:]) >= 30.0 - 1e-6
+
+
+def test_scores_of_transforms_rank_the_truth_first():
+    frame = _frame(np.eye(3), (100.0, 0.0, 0.0))
+    target, atlas = _case(16, 26, frame)
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    truth = search.poses(atlas, keep=1)[0]
+    shifted = pose_transform(truth)
+    shifted.SetTranslation(tuple(np.array(shifted.GetTranslation()) + (0.0, 0.0, 30.0)))
+    right, wrong = search.scores(atlas, [pose_transform(truth), shifted])
+    assert right > wrong
+
+
+def test_orientations_are_proper_rotations():
+    rotations = search_orientations()
+    assert len(rotations) == 10
+    for rotation in rotations:
+        assert np.allclose(rotation @ rotation.T, np.eye(3)) and np.isclose(np.linalg.det(rotation), 1.0)
+    assert len(search_orientations(tilt_deg=0)) == 4
+
+
+def test_search_leaves_its_inputs_alone():
+    target, atlas = _case(24, 32, _frame(_rot(2)))
+    before = (target.array.copy(), target.ijk_to_ras.copy(), atlas.array.copy(), atlas.ijk_to_ras.copy())
+    GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=2)
+    for a, b in zip(before, (target.array, target.ijk_to_ras, atlas.array, atlas.ijk_to_ras)):
+        assert np.array_equal(a, b)
+
+
+def test_affine_align_recovers_a_flipped_far_off_slab():
+    frame = _frame(_rot(2), (400.0, 250.0, -800.0))
+    target, atlas = _case(20, 30, frame)
+    assert _error_mm(atlas, frame, affine_align(target, atlas)) < SPACING

@@ -1,0 +1,60 @@
+"""scripts/benchmark_robustness.py and scripts/robustness_cases.py: the partial field-of-view
+pairs, the found-share verdict and the tables (the full benchmark runs outside the tests)."""
+
+import numpy as np
+import pytest
+
+from conftest import import_scripts
+
+MODULES = ("robustness_cases", "benchmark_robustness")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    yield from import_scripts(MODULES)
+
+
+def test_pairs_are_deterministic_and_cover_both_kinds(bench):
+    first, again = bench.robustness_cases.partial_pair(0), bench.robustness_cases.partial_pair(0)
+    assert np.array_equal(first.target.array, again.target.array)
+    assert first.kind == "atlas slab" and bench.robustness_cases.partial_pair(1).kind == "target slab"
+
+
+def test_atlas_slab_truth_is_the_slab_only(bench):
+    pair = bench.robustness_cases.partial_pair(0)
+    target, atlas = pair.target.grid, pair.atlas.image.grid
+    assert 0.2 <= pair.fraction <= 0.5 and atlas.shape[0] < target.shape[0]
+    rows = np.flatnonzero(pair.truth.array.any(axis=(1, 2)))
+    assert 0 < len(rows) <= atlas.shape[0] + 2  # the truth spans the slab's slices, no more
+    assert pair.labels and all(label < 100 for label in pair.labels)  # organs only
+    assert np.linalg.norm(atlas.ijk_to_ras[:3, 3] - target.ijk_to_ras[:3, 3]) > 50.0  # another frame
+
+
+def test_mean_dice_counts_each_label(bench):
+    truth = np.zeros((4, 4, 4), np.int32)
+    truth[:2], truth[2:] = 1, 2
+    pred = truth.copy()
+    pred[2:] = 0
+    assert bench.robustness_cases.mean_dice(pred, truth, (1, 2)) == pytest.approx(0.5)
+
+
+def _row(ours: float, syn: float) -> dict:
+    return {"pair": "p", "kind": "atlas slab", "fraction": 0.3, "mix_up": "none",
+            "ours": {"dice": ours, "seconds": 10.0}, "antspyx SyN": {"dice": syn, "seconds": 20.0}}
+
+
+def test_found_share_and_verdict(bench):
+    rows = [_row(0.7, 0.0)] * 9 + [_row(0.2, 0.6)]
+    assert bench.benchmark_robustness._found(rows, "ours") == (9, 10)
+    assert bench.benchmark_robustness._found(rows, "antspyx SyN") == (1, 10)
+    lines = "\n".join(bench.benchmark_robustness._partial_lines(rows))
+    assert "| ours | 9 / 10 | 90% | 10 |" in lines and "90%, met." in lines
+    missed = "\n".join(bench.benchmark_robustness._partial_lines([_row(0.7, 0.0), _row(0.1, 0.0)]))
+    assert "50%, **missed**." in missed
+
+
+def test_memory_table_states_the_bound(bench):
+    rows = [{"atlases": 10, "exit": 0, "seconds": 100.0, "peak_rss_gb": 9.1}]
+    assert "**missed**" in "\n".join(bench.benchmark_robustness._memory_lines(rows))
+    rows[0]["peak_rss_gb"] = 3.0
+    assert "3.00 GB, met." in "\n".join(bench.benchmark_robustness._memory_lines(rows))

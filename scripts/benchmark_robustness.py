@@ -1,0 +1,244 @@
+"""Benchmark: robustness, side by side on one machine (the "robustness" section of BENCHMARKS.md).
+
+1. Partial field of view (:mod:`robustness_cases`): atlas slabs of 1/5 to 1/2 of the target and
+   target slabs of the atlas, origins a metre apart, tilts, LPS/RAS and head/feet mix-ups, cross
+   contrast. The share of pairs whose mean organ Dice is >= 0.5, for this project (global
+   search + affine + network), the same without the global search, and antspyx SyN as a user
+   would run it (its default centre-of-mass start).
+2. Memory and time against atlas count: ``crossmodalmas segment`` in a child process on a
+   512 x 512 x 600 CT-like target at 0.7 x 0.7 x 0.6 mm with 1, 5, 10 and 20 atlases; peak RSS
+   from the kernel (``wait4``), against the 8 GB bound.
+3. The hostile-input catalogue (:mod:`hostile_cases`): cases tried and answered as documented.
+
+    python scripts/benchmark_robustness.py [--pairs 12] [--no-ants] [--atlas-counts 1 5 10 20]
+                                           [--no-memory] [--no-hostile] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from benchmark_registration import machine
+from markdown_sections import replace_section
+from registration_cases import ROOT, render_contrast
+from registration_methods import _to_ants, import_ants
+from robustness_cases import mean_dice, partial_pair
+from crossmodalmas import affine
+from crossmodalmas.abdomen_phantom import abdomen_label_map, random_abdomen_anatomy
+from crossmodalmas.options import SegmentOptions
+from crossmodalmas.phantoms import make_grid
+from crossmodalmas.pipeline import segment
+from crossmodalmas.preprocess import resample
+from crossmodalmas.volume import LabelMap, Volume, write_labels, write_volume
+
+FOUND_DICE = 0.5
+BIG_SHAPE, BIG_SPACING = (600, 512, 512), (0.7, 0.7, 0.6)  # (K, J, I) and (i, j, k) mm
+ATLAS_SPACING_MM = 1.5
+MEMORY_BOUND_GB = 8.0
+
+
+def _ours(pair, global_search: bool) -> tuple[np.ndarray, float]:
+    starts = affine.GLOBAL_STARTS
+    affine.GLOBAL_STARTS = starts if global_search else 0  # the ablation: moments and centres only
+    try:
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = segment(pair.target, [pair.atlas], SegmentOptions(fusion="mv"))
+        return result.labels.array, time.perf_counter() - started
+    finally:
+        affine.GLOBAL_STARTS = starts
+
+
+def _syn(ants, pair) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    fixed = _to_ants(ants, pair.target.array, pair.target.ijk_to_ras)
+    moving = _to_ants(ants, pair.atlas.image.array, pair.atlas.image.ijk_to_ras)
+    labels = _to_ants(ants, pair.atlas.labels.array, pair.atlas.labels.ijk_to_ras)
+    reg = ants.registration(fixed, moving, type_of_transform="SyN", aff_metric="mattes", syn_metric="mattes")
+    warped = ants.apply_transforms(fixed, labels, reg["fwdtransforms"], interpolator="genericLabel")
+    for path in filter(os.path.isfile, {*reg["fwdtransforms"], *reg["invtransforms"]}):
+        os.remove(path)
+    return np.rint(warped.numpy().T).astype(np.int32), time.perf_counter() - started
+
+
+def partial_fov(pairs: int, ants) -> list[dict]:
+    rows = []
+    for seed in range(pairs):
+        pair = partial_pair(seed)
+        row = {"pair": pair.name, "kind": pair.kind, "fraction": round(pair.fraction, 3), "mix_up": pair.mix_up}
+        methods = {"ours": lambda p: _ours(p, True), "ours without global search": lambda p: _ours(p, False)}
+        if ants is not None:
+            methods["antspyx SyN"] = lambda p: _syn(ants, p)
+        for name, run in methods.items():
+            labels, seconds = run(pair)
+            row[name] = {"dice": round(mean_dice(labels, pair.truth.array, pair.labels), 4), "seconds": round(seconds, 1)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def _write_big_case(folder: Path, atlases: int) -> list[str]:
+    """The target (as a .nii, uncompressed: I/O is not what is measured) and ``atlases`` atlases,
+    four distinct subjects repeated; returns the segment command's atlas arguments."""
+    rng = np.random.default_rng(0)
+    coarse = make_grid((180, 180, 180), (2.0, 2.0, 2.0), axes="LPS")  # the big grid's 360 mm field of view
+    labels = abdomen_label_map(random_abdomen_anatomy(rng), coarse)
+    big = make_grid(BIG_SHAPE, BIG_SPACING, axes="LPS")
+    image = resample(render_contrast(labels.array, rng), coarse.ijk_to_ras, big)
+    write_volume(Volume(image, big.ijk_to_ras), folder / "target.nii")
+    del image
+    args = []
+    grid = make_grid((134, 174, 234), (ATLAS_SPACING_MM,) * 3, axes="LPS")
+    for index in range(atlases):
+        stem = folder / f"atlas{index}"
+        if index < 4:
+            atlas_labels = abdomen_label_map(random_abdomen_anatomy(rng), grid)
+            write_volume(Volume(render_contrast(atlas_labels.array, rng), grid.ijk_to_ras), Path(f"{stem}.nii.gz"))
+            write_labels(LabelMap(atlas_labels.array, grid.ijk_to_ras), Path(f"{stem}_seg.nii.gz"))
+        else:  # a link to one of the four: a distinct file name, the same content
+            for suffix in (".nii.gz", "_seg.nii.gz"):
+                os.symlink(folder / f"atlas{index % 4}{suffix}", f"{stem}{suffix}")
+        args += ["--atlas", f"{stem}.nii.gz", f"{stem}_seg.nii.gz"]
+    return args
+
+
+def _peak_rss_run(argv: list[str]) -> tuple[int, float, float]:
+    """Exit code, seconds and peak RSS (GB) of a child process, from the kernel's accounting."""
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024 ** 2  # kB -> GB
+
+
+def memory(counts: list[int]) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="robustness_") as folder:
+        folder = Path(folder)
+        atlas_args = _write_big_case(folder, max(counts))
+        for count in counts:
+            argv = [sys.executable, "-m", "crossmodalmas", "segment", "--target", str(folder / "target.nii"),
+                    *atlas_args[: 3 * count], "--output", str(folder / f"out{count}.nii.gz")]
+            code, seconds, peak = _peak_rss_run(argv)
+            rows.append({"atlases": count, "exit": code, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def hostile() -> dict:
+    import hostile_cases  # the catalogue the tests run, one case per test
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="hostile_") as folder:
+        for index, case in enumerate(hostile_cases.CASES):
+            workdir = Path(folder) / str(index)
+            workdir.mkdir()
+            passed, detail = hostile_cases.run_case(case, workdir)
+            tried = not detail.startswith("not tried")  # e.g. a read-only folder where root cannot drop rights
+            results.append({"case": case.name, "tried": tried, "passed": bool(passed) and tried, "detail": detail})
+    return {"cases_total": len(results), "tried": sum(r["tried"] for r in results),
+            "passed": sum(r["passed"] for r in results), "cases": results}
+
+
+def _found(rows: list[dict], method: str) -> tuple[int, int]:
+    scored = [row[method]["dice"] for row in rows if method in row]
+    return sum(d >= FOUND_DICE for d in scored), len(scored)
+
+
+def _partial_lines(rows: list[dict]) -> list[str]:
+    methods = [m for m in ("ours", "ours without global search", "antspyx SyN") if rows and m in rows[0]]
+    lines = [f"### Partial field of view ({len(rows)} phantom pairs; found: mean organ Dice >= {FOUND_DICE})", "",
+             "| pair | kind | fraction | mix-up | " + " | ".join(f"{m} Dice (s)" for m in methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
+    for row in rows:
+        cells = [f"{row[m]['dice']:.3f} ({row[m]['seconds']:.0f})" for m in methods]
+        lines.append(f"| {row['pair']} | {row['kind']} | {row['fraction']:.2f} | {row['mix_up']} | " + " | ".join(cells) + " |")
+    lines += ["", "| method | found | share | median seconds |", "|---|---|---|---|"]
+    for m in methods:
+        found, total = _found(rows, m)
+        seconds = float(np.median([row[m]["seconds"] for row in rows]))
+        lines.append(f"| {m} | {found} / {total} | {found / total:.0%} | {seconds:.0f} |")
+    found, total = _found(rows, "ours")
+    verdict = "met" if found >= 0.9 * total else "**missed**"
+    return lines + ["", f"Target >= 90 % found: {found / total:.0%}, {verdict}."]
+
+
+def _memory_lines(rows: list[dict]) -> list[str]:
+    lines = ["### Memory and time against atlas count",
+             f"Target {BIG_SHAPE[2]} x {BIG_SHAPE[1]} x {BIG_SHAPE[0]} at {' x '.join(map(str, BIG_SPACING))} mm "
+             f"(CT-like, abdomen phantom); atlases {ATLAS_SPACING_MM} mm, 234 x 174 x 134 (MR-like), passed as files; "
+             "peak RSS of the `crossmodalmas segment` process (defaults: network + PLF).", "",
+             "| atlases | exit | seconds | peak RSS (GB) |", "|---|---|---|---|"]
+    lines += [f"| {r['atlases']} | {r['exit']} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} |" for r in rows]
+    ten = [r for r in rows if r["atlases"] == 10]
+    if ten:
+        held = ten[0]["peak_rss_gb"] < MEMORY_BOUND_GB and ten[0]["exit"] == 0
+        lines += ["", f"Bound: 10 atlases under {MEMORY_BOUND_GB:.0f} GB: {ten[0]['peak_rss_gb']:.2f} GB, "
+                      f"{'met' if held else '**missed**'}."]
+    return lines
+
+
+def _write_section(results: dict) -> None:
+    info = results["machine"]
+    lines = [f"Run {results['date']} on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, "
+             f"antspyx {info['antspyx']}, commit {info['commit']}; no GPU. "
+             "`python scripts/benchmark_robustness.py` re-runs it.", ""]
+    if results.get("partial_fov"):
+        lines += _partial_lines(results["partial_fov"]) + [""]
+    if results.get("memory"):
+        lines += _memory_lines(results["memory"]) + [""]
+    if results.get("hostile"):
+        h = results["hostile"]
+        failed = [c["case"] for c in h["cases"] if c["tried"] and not c["passed"]]
+        skipped = [c["case"] for c in h["cases"] if not c["tried"]]
+        lines += ["### Hostile inputs", f"{h['passed']} of {h['tried']} catalogue cases tried answered as documented"
+                  + (f"; not: {', '.join(failed)}" if failed else "")
+                  + (f"; not tried here: {', '.join(skipped)}" if skipped else "") + "."]
+    replace_section(ROOT / "BENCHMARKS.md", "robustness", ["## Robustness", ""] + lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--no-ants", action="store_true")
+    parser.add_argument("--atlas-counts", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-hostile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 pairs, no SyN, no memory runs (a smoke test)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmark_robustness.json")
+    parser.add_argument("--hostile-only", action="store_true",
+                        help="run the catalogue and update an earlier run's --out JSON and section")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.no_ants, args.no_memory = 2, True, True
+    if args.hostile_only:
+        results = json.loads(args.out.read_text(encoding="utf-8"))
+        results["hostile"] = hostile()
+        args.out.write_text(json.dumps(results, indent=1))
+        _write_section(results)
+        return 0
+    results = {"date": datetime.date.today().isoformat(), "machine": machine()}
+    ants = None if args.no_ants else import_ants()
+    results["partial_fov"] = partial_fov(args.pairs, ants) if args.pairs else []
+    results["memory"] = [] if args.no_memory else memory(args.atlas_counts)
+    results["hostile"] = None if args.no_hostile else hostile()
+    args.out.write_text(json.dumps(results, indent=1))
+    if not args.quick:
+        _write_section(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
