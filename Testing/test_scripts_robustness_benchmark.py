@@ -58,3 +58,10 @@ def test_memory_table_states_the_bound(bench):
     assert "**missed**" in "\n".join(bench.benchmark_robustness._memory_lines(rows))
     rows[0]["peak_rss_gb"] = 3.0
     assert "3.00 GB, met." in "\n".join(bench.benchmark_robustness._memory_lines(rows))
+
+
+def test_memory_plot_is_written(bench, tmp_path):
+    rows = [{"atlases": n, "exit": 0, "seconds": 10.0 * n, "peak_rss_gb": 1.0 + 0.5 * n} for n in (1, 5, 10)]
+    path = tmp_path / "docs" / "memory.png"
+    bench.benchmark_robustness._memory_plot(rows, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

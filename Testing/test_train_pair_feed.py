@@ -97,17 +97,24 @@ def test_workers_resolve_to_the_main_process_on_cpu():
     assert 1 <= resolve_workers(None, torch.device("cuda"), local_processes=64) <= 4
 
 
-@pytest.mark.slow
-def test_a_run_with_workers_resumes_exactly_and_ignores_their_number(tmp_path):
-    def weights(folder):
-        return torch.load(folder / "model.pt", weights_only=True)["state_dict"]
+def weights(folder):
+    return torch.load(folder / "model.pt", weights_only=True)["state_dict"]
 
+
+def _stop_after(steps: int):
+    """A ``should_stop`` that says stop after ``steps`` polls."""
     calls = {"n": 0}
 
-    def stop_after_two():
+    def stop():
         calls["n"] += 1
-        return calls["n"] > 2
+        return calls["n"] > steps
 
+    return stop
+
+
+@pytest.mark.slow
+def test_a_run_with_workers_resumes_exactly_and_ignores_their_number(tmp_path):
+    stop_after_two = _stop_after(2)
     config = TrainRegistrationConfig.from_dict({**TINY, "workers": 2})
     train_registration(config, tmp_path / "split", show_progress=False, should_stop=stop_after_two)
     train_registration(None, tmp_path / "split", resume=True, show_progress=False)
@@ -141,15 +148,7 @@ def test_on_cuda_workers_draw_and_the_gpu_renders_reproducibly(bank, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_run_with_workers_resumes_exactly(tmp_path):
-    def weights(folder):
-        return torch.load(folder / "model.pt", weights_only=True)["state_dict"]
-
-    calls = {"n": 0}
-
-    def stop_after_two():
-        calls["n"] += 1
-        return calls["n"] > 2
-
+    stop_after_two = _stop_after(2)
     config = TrainRegistrationConfig.from_dict({**TINY, "device": "cuda", "workers": 2})
     train_registration(config, tmp_path / "split", show_progress=False, should_stop=stop_after_two)
     train_registration(None, tmp_path / "split", resume=True, show_progress=False)

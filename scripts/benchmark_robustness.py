@@ -46,6 +46,7 @@ FOUND_DICE = 0.5
 BIG_SHAPE, BIG_SPACING = (600, 512, 512), (0.7, 0.7, 0.6)  # (K, J, I) and (i, j, k) mm
 ATLAS_SPACING_MM = 1.5
 MEMORY_BOUND_GB = 8.0
+MEMORY_FIGURE = ROOT / "docs" / "robustness_memory.png"
 
 
 def _ours(pair, global_search: bool) -> tuple[np.ndarray, float]:
@@ -175,6 +176,26 @@ def _partial_lines(rows: list[dict]) -> list[str]:
     return lines + ["", f"Target >= 90 % found: {found / total:.0%}, {verdict}."]
 
 
+def _memory_plot(rows: list[dict], path: Path) -> None:
+    """Peak RSS and seconds against the number of atlases, with the 8 GB bound."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 3.2))
+    FigureCanvasAgg(figure)
+    counts = [r["atlases"] for r in rows]
+    rss, seconds = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    rss.plot(counts, [r["peak_rss_gb"] for r in rows], "o-")
+    rss.axhline(MEMORY_BOUND_GB, color="red", linestyle="--", label=f"{MEMORY_BOUND_GB:.0f} GB bound")
+    rss.set(xlabel="atlases", ylabel="peak RSS (GB)", title="memory")
+    rss.legend()
+    seconds.plot(counts, [r["seconds"] for r in rows], "o-")
+    seconds.set(xlabel="atlases", ylabel="seconds", title="time (CPU)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
 def _memory_lines(rows: list[dict]) -> list[str]:
     lines = ["### Memory and time against atlas count",
              f"Target {BIG_SHAPE[2]} x {BIG_SHAPE[1]} x {BIG_SHAPE[0]} at {' x '.join(map(str, BIG_SPACING))} mm "
@@ -182,6 +203,7 @@ def _memory_lines(rows: list[dict]) -> list[str]:
              "peak RSS of the `crossmodalmas segment` process (defaults: network + PLF).", "",
              "| atlases | exit | seconds | peak RSS (GB) |", "|---|---|---|---|"]
     lines += [f"| {r['atlases']} | {r['exit']} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} |" for r in rows]
+    lines += ["", f"![peak RSS and time against atlases]({MEMORY_FIGURE.relative_to(ROOT).as_posix()})"]
     ten = [r for r in rows if r["atlases"] == 10]
     if ten:
         held = ten[0]["peak_rss_gb"] < MEMORY_BOUND_GB and ten[0]["exit"] == 0
@@ -198,6 +220,7 @@ def _write_section(results: dict) -> None:
     if results.get("partial_fov"):
         lines += _partial_lines(results["partial_fov"]) + [""]
     if results.get("memory"):
+        _memory_plot(results["memory"], MEMORY_FIGURE)
         lines += _memory_lines(results["memory"]) + [""]
     if results.get("hostile"):
         h = results["hostile"]
@@ -220,12 +243,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark_robustness.json")
     parser.add_argument("--hostile-only", action="store_true",
                         help="run the catalogue and update an earlier run's --out JSON and section")
+    parser.add_argument("--from-json", action="store_true",
+                        help="redraw the section and figure from an earlier run's --out JSON, measuring nothing")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.no_ants, args.no_memory = 2, True, True
-    if args.hostile_only:
+    if args.hostile_only or args.from_json:
         results = json.loads(args.out.read_text(encoding="utf-8"))
-        results["hostile"] = hostile()
+        if args.hostile_only:
+            results["hostile"] = hostile()
         args.out.write_text(json.dumps(results, indent=1))
         _write_section(results)
         return 0
