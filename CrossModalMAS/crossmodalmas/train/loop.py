@@ -14,6 +14,7 @@ from crossmodalmas.errors import InputError
 from crossmodalmas.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from crossmodalmas.train.distributed import Distributed, process_group
 from crossmodalmas.train.fine_tune import init_entry, load_init
+from crossmodalmas.train.model_entry import ENTRY_FILE
 from crossmodalmas.train.run_folder import prepare_folder
 
 LOG_EVERY = 10
@@ -123,3 +124,13 @@ def run_training(config_type, make_run: Callable, command: str, config, out: Pat
         finally:
             run.close()
     return run
+
+
+def path_without_a_model(run, out: Path) -> Optional[Path]:
+    """What a trainer returns when this process writes no model: the checkpoint of a run that
+    stopped early, or on ranks other than 0 the entry rank 0 writes; None: write the model."""
+    if run.step < run.config.steps:
+        return out / CHECKPOINT_NAME
+    if not run.place.is_main:
+        return out / ENTRY_FILE
+    return None

@@ -17,11 +17,10 @@ from typing import Callable, Optional
 import torch
 
 from crossmodalmas.losses import consistent_registration_loss, label_constrained_loss
-from crossmodalmas.train.checkpoint import CHECKPOINT_NAME
 from crossmodalmas.train.config import LossKind, TrainRegistrationConfig
 from crossmodalmas.train.distributed import Distributed
-from crossmodalmas.train.loop import run_training
-from crossmodalmas.train.model_entry import ENTRY_FILE, training_data, write_model
+from crossmodalmas.train.loop import path_without_a_model, run_training
+from crossmodalmas.train.model_entry import training_data, write_model
 from crossmodalmas.train.run_state import RunState
 from crossmodalmas.train.validation import validate, validation_pairs
 from crossmodalmas.transforms import one_hot, warp
@@ -129,10 +128,9 @@ def train_registration(config: Optional[TrainRegistrationConfig], out: Path, res
     run = run_training(TrainRegistrationConfig, _Run, "train-registration", config, out, resume,
                        show_progress, should_stop, steps, task="registration", architecture=ARCHITECTURE)
     config = run.config
-    if run.step < config.steps:
-        return out / CHECKPOINT_NAME
-    if not run.place.is_main:  # rank 0 writes the model
-        return out / ENTRY_FILE
+    unfinished = path_without_a_model(run, out)
+    if unfinished is not None:
+        return unfinished
     return write_model(run.net, config, ARCHITECTURE, run.validate(), run.seconds, out,
                        task="registration", working_grid=_working_grid(config),
                        description=f"consistent registration network ({config.net.mode.value} mode), "

@@ -22,10 +22,9 @@ from torch import nn
 from crossmodalmas.errors import InputError
 from crossmodalmas.models import find_model
 from crossmodalmas.registration_engine import INSTANCE_OPTIMISATION, load_registration_model
-from crossmodalmas.train.checkpoint import CHECKPOINT_NAME
 from crossmodalmas.train.distributed import Distributed
-from crossmodalmas.train.loop import run_training
-from crossmodalmas.train.model_entry import ENTRY_FILE, training_data, write_model
+from crossmodalmas.train.loop import path_without_a_model, run_training
+from crossmodalmas.train.model_entry import training_data, write_model
 from crossmodalmas.train.patches import patch_dice, random_offsets, sample_queries, support_logits, triplets
 from crossmodalmas.train.run_state import RunState
 from crossmodalmas.train.similarity_config import TrainSimilarityConfig
@@ -160,10 +159,9 @@ def train_similarity(config: Optional[TrainSimilarityConfig], out: Path, resume:
     run = run_training(TrainSimilarityConfig, _Run, "train-similarity", config, out, resume, show_progress,
                        should_stop, steps, task="similarity", architecture=ARCHITECTURE)
     config = run.config
-    if run.step < config.steps:
-        return out / CHECKPOINT_NAME
-    if not run.place.is_main:  # rank 0 writes the model
-        return out / ENTRY_FILE
+    unfinished = path_without_a_model(run, out)
+    if unfinished is not None:
+        return unfinished
     return write_model(run.net, config, ARCHITECTURE, run.validate(), run.seconds, out,
                        task="similarity",
                        working_grid={"spacing_mm": 1.0, "max_voxels": int(torch.tensor(config.shape).prod())},
