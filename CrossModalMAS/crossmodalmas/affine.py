@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from crossmodalmas.global_search import GlobalSearch, pose_transform
+from crossmodalmas.global_search import GlobalSearch, MovingImage, pose_transform
 from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_normalise
 from crossmodalmas.volume import Volume, to_sitk
 
@@ -78,7 +78,7 @@ def _affine_from(fixed, moving, initial: sitk.Transform, seed: int):
     return _run_stage(fixed, moving, affine, (2, 1), 100, seed)
 
 
-def _starts(fixed: sitk.Image, moving: sitk.Image, atlas: Volume, search: GlobalSearch) -> list[sitk.Transform]:
+def _starts(fixed: sitk.Image, moving: sitk.Image, atlas: MovingImage, search: GlobalSearch) -> list[sitk.Transform]:
     """Initial rigid transforms: moments, image centres, and the global search's best poses."""
     centred = [sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), start)
                for start in (sitk.CenteredTransformInitializerFilter.MOMENTS,
@@ -100,8 +100,8 @@ class AffineAligner:
 
     def align(self, atlas: Volume, seed: int = 0) -> sitk.Transform:
         """The affine transform of ``atlas`` (see :func:`affine_align`)."""
-        moving = _downsampled(atlas)
-        starts = _starts(self.fixed, moving, atlas, self.search)
+        moving, ready = _downsampled(atlas), self.search.moving(atlas)  # each made once per atlas
+        starts = _starts(self.fixed, moving, ready, self.search)
         candidates, from_header = [], []
         for index, start in enumerate(starts):
             try:
@@ -111,7 +111,7 @@ class AffineAligner:
             from_header.append(index < 2)
         if not candidates:  # nothing converged: the image centres aligned
             return starts[1]
-        scores = np.array(self.search.scores(atlas, candidates))
+        scores = np.array(self.search.scores(ready, candidates))
         header = np.where(from_header, scores, -np.inf)
         best = int(np.argmax(scores))
         if np.isfinite(header.max()) and header.max() * _HEADER_MARGIN >= scores[best]:

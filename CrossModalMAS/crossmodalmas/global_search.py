@@ -24,7 +24,7 @@ Space: RAS mm. A pose maps an atlas point ``x`` to the target point ``R (x - c) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -132,16 +132,31 @@ def _quantile_bins(values: np.ndarray, inside: np.ndarray, edges: Optional[np.nd
     return bins, edges
 
 
-def _binned(volume: Volume, smoothed: sitk.Image, spacing: float, rotation: np.ndarray, centre: np.ndarray,
-            edges: Optional[np.ndarray] = None) -> _Binned:
-    """``volume`` (``smoothed``: its :func:`_smoothed` copy) turned by ``rotation`` about ``centre``,
-    binned on the axis-aligned grid around it (with its own quantiles, unless ``edges`` given)."""
-    corners = volume.grid.corners_ras() @ rotation.T + (centre - rotation @ centre)
+def _binned(corners_ras: np.ndarray, smoothed: sitk.Image, spacing: float, rotation: np.ndarray,
+            centre: np.ndarray, edges: Optional[np.ndarray] = None) -> _Binned:
+    """An image (field-of-view corners ``corners_ras``, ``smoothed``: its :func:`_smoothed` copy)
+    turned by ``rotation`` about ``centre``, binned on the axis-aligned grid around it (with its
+    own quantiles, unless ``edges`` given)."""
+    corners = corners_ras @ rotation.T + (centre - rotation @ centre)
     grid = _ras_grid(corners.min(0), corners.max(0), spacing)
     to_source = _ras_to_lps_affine(rotation.T, centre - rotation.T @ centre)  # grid point -> source point
     values, inside = _on_ras_grid(smoothed, grid, to_source)
     bins, edges = _quantile_bins(values, inside, edges)
     return _Binned(bins, grid.ijk_to_ras[:3, 3].copy(), edges, grid)
+
+
+@dataclass(frozen=True)
+class MovingImage:
+    """An atlas image made ready for the search once (its anti-aliased copy and quantile
+    edges), for both :meth:`GlobalSearch.poses` and :meth:`GlobalSearch.scores`."""
+
+    corners_ras: np.ndarray
+    smoothed: sitk.Image
+    edges: np.ndarray
+
+    @property
+    def centre(self) -> np.ndarray:
+        return self.corners_ras.mean(0)
 
 
 def _fast_size(n: int) -> int:
@@ -245,14 +260,22 @@ class GlobalSearch:
         extent = (np.array(target.grid.shape) - 1) * target.grid.spacing_kji
         spacing_mm = min(spacing_mm, max(float(extent.min()) / _MIN_SEARCH_VOXELS, float(target.grid.spacing.min())))
         self.spacing_mm = spacing_mm
-        self.fixed = _binned(target, _smoothed(target, spacing_mm), spacing_mm, np.eye(3), np.zeros(3))
+        self.fixed = _binned(target.grid.corners_ras(), _smoothed(target, spacing_mm), spacing_mm, np.eye(3),
+                             np.zeros(3))
 
-    def poses(self, atlas: Volume, keep: int = 3,
+    def moving(self, atlas: Volume) -> MovingImage:
+        """``atlas`` made ready for :meth:`poses` and :meth:`scores` (smoothed and binned once)."""
+        smoothed = _smoothed(atlas, self.spacing_mm)
+        corners = atlas.grid.corners_ras()
+        edges = _binned(corners, smoothed, self.spacing_mm, np.eye(3), np.zeros(3)).edges
+        return MovingImage(corners, smoothed, edges)
+
+    def poses(self, atlas: Union[Volume, MovingImage], keep: int = 3,
               orientations: Optional[Sequence[np.ndarray]] = None) -> list[Pose]:
         """The best rigid placements of ``atlas`` over orientations and all translations.
 
         Args:
-            atlas: the moving image.
+            atlas: the moving image (or its :meth:`moving` form, to reuse it).
             keep: how many poses to return, at least ``_PEAK_SEPARATION_MM`` apart within one
                 orientation.
             orientations: rotations to try (default :func:`search_orientations`).
@@ -262,10 +285,11 @@ class GlobalSearch:
         """
         orientations = search_orientations() if orientations is None else orientations
         fixed, spacing = self.fixed, self.spacing_mm
-        centre = atlas.grid.corners_ras().mean(0)
-        smoothed = _smoothed(atlas, spacing)
-        edges = _binned(atlas, smoothed, spacing, np.eye(3), centre).edges  # one binning for every orientation
-        moved = [_binned(atlas, smoothed, spacing, rotation, centre, edges) for rotation in orientations]
+        atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
+        centre = atlas.centre
+        # one binning (the atlas's own quantiles) for every orientation
+        moved = [_binned(atlas.corners_ras, atlas.smoothed, spacing, rotation, centre, atlas.edges)
+                 for rotation in orientations]
         # at least target + atlas - 1 along each axis: the correlation does not wrap around
         size = tuple(_fast_size(int(t + max(m.bins.shape[i] for m in moved) - 1)) for i, t in enumerate(fixed.bins.shape))
         target_spectra = _indicator_spectra(fixed.bins, size)
@@ -280,12 +304,11 @@ class GlobalSearch:
                 poses.append(Pose(rotation, centre, translation, float(score[index]), float(total[index]) / smaller))
         return sorted(poses, key=lambda pose: -pose.score)[:keep]
 
-    def scores(self, atlas: Volume, transforms: Sequence[sitk.Transform]) -> list[float]:
+    def scores(self, atlas: Union[Volume, MovingImage], transforms: Sequence[sitk.Transform]) -> list[float]:
         """``N * MI`` of ``atlas`` placed by each transform (target LPS -> atlas LPS) on the search
         grid: the measure the poses were ranked by, for any transform (e.g. a refined affine)."""
-        smoothed = _smoothed(atlas, self.spacing_mm)
-        edges = _binned(atlas, smoothed, self.spacing_mm, np.eye(3), np.zeros(3)).edges
-        return [self._score(smoothed, edges, transform) for transform in transforms]
+        atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
+        return [self._score(atlas.smoothed, atlas.edges, transform) for transform in transforms]
 
     def _score(self, smoothed: sitk.Image, edges: np.ndarray, transform: sitk.Transform) -> float:
         values, inside = _on_ras_grid(smoothed, self.fixed.grid, transform)
