@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from crossmodalmas.affine import affine_align
-from crossmodalmas.global_search import GlobalSearch, pose_transform, search_orientations
+from crossmodalmas.global_search import GlobalSearch, pose_transform, rotation_about, search_orientations
 from crossmodalmas.preprocess import transform_points_to_target
 from crossmodalmas.volume import Volume
 
@@ -60,6 +60,7 @@ def _frame(rotation=np.eye(3), offset=(0.0, 0.0, 0.0)) -> np.ndarray:
     (np.eye(3), (700.0, -300.0, 1200.0)),  # origins in another frame
     (_rot(2), (0.0, 0.0, 0.0)),  # LPS read as RAS
     (_rot(1), (-50.0, 20.0, 900.0)),  # head-first vs feet-first, and far away
+    (_rot(2) @ rotation_about(0, 15.0), (100.0, 0.0, -400.0)),  # LPS read as RAS, and a tilted patient
 ])
 def test_a_slab_of_a_fifth_of_the_target_is_found_in_any_frame(rotation, offset):
     frame = _frame(rotation, offset)
@@ -99,9 +100,11 @@ def test_scores_of_transforms_rank_the_truth_first():
 
 def test_orientations_are_proper_rotations():
     rotations = search_orientations()
-    assert len(rotations) == 10
+    assert len(rotations) == 4 * 7  # each of the four flips alone and tilted +- about three axes
     for rotation in rotations:
         assert np.allclose(rotation @ rotation.T, np.eye(3)) and np.isclose(np.linalg.det(rotation), 1.0)
+    assert min(np.abs(a - b).max() for i, a in enumerate(rotations) for b in rotations[i + 1:]) > 0.1  # distinct
+    assert any(np.allclose(r, _rot(2) @ rotation_about(0, 15.0)) for r in rotations)  # a flip and a tilt together
     assert len(search_orientations(tilt_deg=0)) == 4
 
 
@@ -111,6 +114,12 @@ def test_search_leaves_its_inputs_alone():
     GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=2)
     for a, b in zip(before, (target.array, target.ijk_to_ras, atlas.array, atlas.ijk_to_ras)):
         assert np.array_equal(a, b)
+
+
+def test_affine_align_recovers_a_flipped_and_tilted_slab():
+    frame = _frame(_rot(2) @ rotation_about(0, 12.0) @ rotation_about(1, -8.0), (-300.0, 40.0, 600.0))
+    target, atlas = _case(18, 28, frame)
+    assert _error_mm(atlas, frame, affine_align(target, atlas)) < SPACING
 
 
 def test_affine_align_recovers_a_flipped_far_off_slab():

@@ -9,7 +9,9 @@ from crossmodalmas.atlases import Atlas
 from crossmodalmas.models import find_model
 from crossmodalmas.options import SegmentOptions
 from crossmodalmas.pipeline import segment
-from crossmodalmas.registration_engine import load_registration_model, network_fields, network_shape
+from crossmodalmas import registration_engine
+from crossmodalmas.registration_engine import (deformable_registration, load_registration_model, network_fields,
+                                               network_shape)
 from crossmodalmas.train.config import TrainRegistrationConfig
 from crossmodalmas.train.registration import train_registration
 from conftest import phantom
@@ -64,12 +66,41 @@ def test_cuda_out_of_memory_halves_the_batch_and_says_so(tiny_model_path, monkey
 
     monkeypatch.setattr(model.net, "predict", predict)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(registration_engine, "CPU_CHUNK", 4)  # as on CUDA: all atlases in one batch first
     warnings = []
     fields = network_fields(model, torch.rand(1, 1, 16, 16, 16), torch.rand(4, 1, 16, 16, 16), 2.0,
                             warn=warnings.append)
     assert fields.forward.shape[0] == 4 and batches[:3] == [4, 2, 1]
     assert warnings == ["registration network: CUDA out of memory; retrying 2 atlas(es) at a time",
                         "registration network: CUDA out of memory; retrying 1 atlas(es) at a time"]
+
+
+def test_the_cpu_network_pass_takes_one_atlas_at_a_time(tiny_model_path, monkeypatch):
+    model = load_registration_model(tiny_model_path, torch.device("cpu"))
+    real, batches = model.net.predict, []
+    monkeypatch.setattr(model.net, "predict", lambda atlas, target: batches.append(atlas.shape[0]) or real(atlas, target))
+    target, atlases = torch.rand(1, 1, 16, 16, 16), torch.rand(3, 1, 16, 16, 16)
+    fields = network_fields(model, target, atlases, 2.0, warn=pytest.fail)
+    assert batches == [1, 1, 1]
+    alone = network_fields(model, target, atlases[1:2], 2.0, warn=pytest.fail)
+    assert torch.allclose(fields.forward[1:2], alone.forward, atol=1e-6)
+
+
+def test_chunked_instance_optimisation_gives_the_fields_of_one_batch(monkeypatch):
+    torch.manual_seed(0)
+    target, atlases = torch.rand(1, 4, 12, 12, 12), torch.rand(3, 4, 12, 12, 12)
+
+    def run(chunk):
+        monkeypatch.setattr(registration_engine, "CPU_CHUNK", chunk)
+        reported = []
+        fields = deformable_registration(None, None, None, target, atlases, 2.0, 3, 0.01,
+                                         progress=reported.append, cancel=lambda: False, warn=pytest.fail)
+        return fields, reported
+
+    (one, _), (chunked, reported) = run(3), run(2)
+    assert torch.allclose(one.forward, chunked.forward, atol=1e-5)
+    assert torch.allclose(one.backward, chunked.backward, atol=1e-5)
+    assert reported == sorted(reported) and reported[-1] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("refine", [0, 4])

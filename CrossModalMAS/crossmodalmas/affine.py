@@ -17,7 +17,7 @@ from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_nor
 from crossmodalmas.volume import Volume, to_sitk
 
 _AFFINE_SPACING_MM = 4.0  # affine alignment runs on copies resampled to this spacing, for speed
-GLOBAL_STARTS = 3  # poses of the global search refined besides the moments and centres starts
+GLOBAL_STARTS = 5  # poses of the global search refined besides the moments and centres starts
 # The header is trusted unless the image says otherwise clearly: a pose from the global search
 # replaces the best header-based one (moments, centres) only when it scores this much higher.
 # Symmetric anatomy scores its flipped pose (almost) as well as the true one.

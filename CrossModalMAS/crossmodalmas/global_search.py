@@ -3,9 +3,9 @@
 An affine optimiser only walks downhill from where it starts. Atlases that show a fraction of
 the target (an MR slab of the upper abdomen for a CT from neck to pelvis), scanners whose
 origins disagree by metres, and LPS/RAS or head-first/feet-first mix-ups all start it in the
-wrong valley. So every pose of a coarse set is scored first: a few orientations (the identity,
-the three 180-degree flips that such mix-ups produce, and tilts) times *every* translation
-that keeps the two fields of view overlapping, at ~7 mm.
+wrong valley. So every pose of a coarse set is scored first: 28 orientations (the identity and
+the three 180-degree flips that such mix-ups produce, each alone and tilted) times *every*
+translation that keeps the two fields of view overlapping, at ~7 mm.
 
 The score is mutual information times the number of overlapping voxels (``N * MI``, the G
 statistic of dependence): modality-robust like MI, and favouring the pose that explains the
@@ -36,8 +36,8 @@ from crossmodalmas.volume import LPS_TO_RAS, Grid, Volume, to_sitk
 SEARCH_SPACING_MM = 7.0  # coarse enough for an exhaustive search, fine enough that organs span voxels
 BINS = 6  # quantile bins per image: BINS^2 = 36 correlations per orientation
 MIN_OVERLAP = 0.5  # a pose must overlap at least this share of the smaller field of view
-_TILT_DEG = 20.0  # tilts about each axis; the affine step reaches the rest (~10 degrees)
-_MIN_SEARCH_VOXELS = 12  # the search grid spans at least this many voxels along the target's shortest axis
+_TILT_DEG = 15.0  # tilts about each axis; the affine step reaches the rest (~8 degrees)
+_MIN_SEARCH_VOXELS = 8  # the search grid spans at least this many voxels along the target's shortest axis
 _PEAK_SEPARATION_MM = 30.0  # two kept poses of one orientation are at least this far apart
 
 
@@ -51,15 +51,19 @@ def rotation_about(axis: int, degrees: float) -> np.ndarray:
 
 
 def search_orientations(tilt_deg: float = _TILT_DEG) -> list[np.ndarray]:
-    """The orientations tried: identity; 180 degrees about S (LPS read as RAS, prone vs supine),
-    about A (head-first vs feet-first) and about R; and ``+-tilt_deg`` about each axis.
+    """The orientations tried: the identity and the three 180-degree turns that header mix-ups
+    produce (about S: LPS read as RAS, prone vs supine; about A: head-first vs feet-first; about
+    R), each alone and tilted by ``+-tilt_deg`` about each axis: a mix-up and a tilted patient
+    come together (on the robustness benchmark's phantom slabs, the best pose found was within
+    30 mm of the truth in 9 of 12 pairs; without the tilted flips, none of the three mixed-up
+    and tilted small slabs was).
 
     Returns:
-        A list of proper 3x3 rotations (RAS).
+        A list of proper 3x3 rotations (RAS), the untilted four first.
     """
     flips = [np.eye(3)] + [rotation_about(axis, 180.0) for axis in (2, 1, 0)]
     tilts = [rotation_about(axis, sign * tilt_deg) for axis in range(3) for sign in (1.0, -1.0)] if tilt_deg else []
-    return flips + tilts
+    return flips + [flip @ tilt for flip in flips for tilt in tilts]
 
 
 @dataclass(frozen=True)

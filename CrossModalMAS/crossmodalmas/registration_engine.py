@@ -4,8 +4,11 @@ instance optimisation from its fields; or instance optimisation alone.
 The network runs on a grid no larger than its model entry's ``working_grid`` (the scale it
 was trained at: anatomy filling a grid of about that many voxels), and its fields are
 resampled to the pipeline's working grid; refinement then works at the working grid's own
-resolution. All atlases go through the network as one batch; on CUDA out-of-memory the
-batch is halved until it fits, then the CPU is used, and the run says so.
+resolution. On CUDA all atlases go through the network as one batch; on out-of-memory the
+batch is halved until it fits, then the CPU is used, and the run says so. On the CPU, where
+a batch buys no speed, the network and the instance optimisation take ``CPU_CHUNK`` atlases
+at a time, so their memory does not grow with the number of atlases (the optimisation's
+loss is a sum over atlases and Adam works per element: chunks give the same fields).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from crossmodalmas.nets.registration_net import PredictedFields
 from crossmodalmas.transforms import resize_flow
 
 INSTANCE_OPTIMISATION = "instance-opt"  # --model value that skips the network
+CPU_CHUNK = 1  # atlases per network pass and per instance optimisation on the CPU
 
 
 RegistrationModel = LoadedModel  # a loaded registration network and its entry
@@ -63,7 +67,7 @@ def _predict_batches(net, atlases: torch.Tensor, target: torch.Tensor, batch: in
 def _predict(model: RegistrationModel, atlases: torch.Tensor, target: torch.Tensor,
              warn: Callable[[str], None]) -> PredictedFields:
     """One pass for every atlas, batched; smaller batches, then the CPU, on CUDA OOM."""
-    batch = atlases.shape[0]
+    batch = atlases.shape[0] if atlases.is_cuda else min(CPU_CHUNK, atlases.shape[0])
     while True:
         try:
             parts = _predict_batches(model.net, atlases, target, batch)
@@ -121,14 +125,31 @@ def deformable_registration(model: Optional[RegistrationModel], target_image, at
     the finest level only lost up to 0.12 Dice where the network's start was poor). Without
     one: instance optimisation from zero.
     """
+    config = InstanceOptConfig(iterations=refine_iterations, regularisation=regularisation)
     if model is None:
-        config = InstanceOptConfig(iterations=refine_iterations, regularisation=regularisation)
-        return register(target_features, atlas_features, config, progress=progress, cancel=cancel)
+        return _register_in_chunks(target_features, atlas_features, config, None, progress, cancel)
     fields = network_fields(model, target_image, atlas_images, spacing_mm, warn)
     progress(1.0 if refine_iterations == 0 else 0.2)
     if refine_iterations == 0:
         return RegistrationFields(forward=fields.forward, backward=fields.backward)
     start = fields.velocity if fields.velocity is not None else fields.forward
-    config = InstanceOptConfig(iterations=refine_iterations, regularisation=regularisation)
-    return register(target_features, atlas_features, config, initial_velocity=start,
-                    progress=lambda f: progress(0.2 + 0.8 * f), cancel=cancel)
+    return _register_in_chunks(target_features, atlas_features, config, start,
+                               lambda f: progress(0.2 + 0.8 * f), cancel)
+
+
+def _register_in_chunks(target_features, atlas_features, config, start, progress, cancel) -> RegistrationFields:
+    """:func:`register` over all atlases at once on CUDA, ``CPU_CHUNK`` at a time on the CPU."""
+    count = atlas_features.shape[0]
+    size = count if atlas_features.is_cuda else max(1, min(CPU_CHUNK, count))
+    parts = []
+    for first in range(0, count, size):
+        chunk = slice(first, min(first + size, count))
+        share = (chunk.stop - first) / count
+        parts.append(register(target_features, atlas_features[chunk], config,
+                              initial_velocity=None if start is None else start[chunk],
+                              progress=lambda f, done=first / count, share=share: progress(done + f * share),
+                              cancel=cancel))
+    if len(parts) == 1:
+        return parts[0]
+    return RegistrationFields(forward=torch.cat([p.forward for p in parts]),
+                              backward=torch.cat([p.backward for p in parts]))
