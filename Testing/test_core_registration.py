@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from crossmodalmas.errors import CancelledError
-from crossmodalmas.features import mind_ssc
+from crossmodalmas.features import mind_ssc, mind_ssc_each
 from crossmodalmas.instance_opt import InstanceOptConfig, diffusion_energy, register
 from crossmodalmas.metrics import folding_percent
 from crossmodalmas.transforms import identity_grid, warp
@@ -39,6 +39,15 @@ def test_mind_is_invariant_to_contrast_inversion_and_shape():
     a, b = mind_ssc(bright), mind_ssc(dark)
     assert a.shape == (1, 12, 24, 24, 24)
     assert float((a - b).abs().mean()) < 0.1 * float((a - mind_ssc(torch.rand_like(bright))).abs().mean()) + 0.05
+
+
+def test_an_images_descriptors_do_not_depend_on_its_batch_mates():
+    labels = _blobs((16, 16, 16))
+    image = _render(labels, [0.0, 1.0, 0.5], 0)
+    flat_and_loud = torch.cat([image, torch.full_like(image, 3.0), 100.0 * torch.rand_like(image)])
+    alone = mind_ssc(image)
+    assert torch.equal(mind_ssc(flat_and_loud)[:1], alone)
+    assert torch.equal(mind_ssc_each(flat_and_loud), mind_ssc(flat_and_loud))
 
 
 def test_register_recovers_a_cross_contrast_shift_without_folding():
@@ -119,6 +128,28 @@ def test_affine_align_prefers_the_pose_that_overlaps_over_a_far_off_one(monkeypa
     image = Volume(body, np.diag([2.0, 2.0, 2.0, 1.0]))
     transform = affine.affine_align(image, Volume(body.copy(), image.ijk_to_ras.copy()))
     assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0)), (0.0, 0.0, 0.0), atol=1e-6)
+
+
+def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
+    """An atlas slab is registered as the fixed image (the metric samples the fixed one), and
+    the result is turned back into target -> atlas."""
+    import SimpleITK as sitk
+
+    from crossmodalmas import affine
+    from crossmodalmas.volume import Volume
+
+    fixed_sizes, shift = [], sitk.TranslationTransform(3, (8.0, 0.0, 0.0))
+    monkeypatch.setattr(affine, "_affine_from",
+                        lambda fixed, moving, start, seed: fixed_sizes.append(fixed.GetSize()) or (shift, -1.0))
+    rng = np.random.default_rng(0)
+    target = Volume(rng.random((40, 24, 24), dtype=np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
+    slab = Volume(target.array[10:18].copy(), target.ijk_to_ras.copy())
+    transform = affine.AffineAligner(target).align(slab)
+    assert all(size[2] < 40 for size in fixed_sizes)  # the slab's few slices, never the whole target
+    assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0)), (-8.0, 0.0, 0.0))  # the inverse
+    fixed_sizes.clear()
+    affine.AffineAligner(slab).align(target)  # the other way round: the slab is the target
+    assert all(size[2] < 40 for size in fixed_sizes)
 
 
 def test_affine_align_takes_4_mm_slices_with_finer_pixels():

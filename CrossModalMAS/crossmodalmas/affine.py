@@ -105,7 +105,7 @@ class AffineAligner:
         candidates, from_header = [], []
         for index, start in enumerate(starts):
             try:
-                candidates.append(_affine_from(self.fixed, moving, start, seed)[0])
+                candidates.append(self._refined(moving, start, seed))
             except RuntimeError:  # ITK gave up (e.g. every sample mapped outside the atlas): next start
                 continue
             from_header.append(index < 2)
@@ -119,6 +119,23 @@ class AffineAligner:
         return candidates[best]
 
 
+    def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int) -> sitk.Transform:
+        """Rigid then affine stages from ``start``, sampling the smaller of the two images.
+
+        The metric samples the fixed image and drops samples that map outside the moving one.
+        With a whole target fixed, an atlas slab of a fifth of it gets a fifth of the samples,
+        and the optimiser drifted (measured on a phantom slab of a quarter of the target:
+        search poses 16 and 21 mm from the truth walked to 33 and 50 mm). So a smaller atlas is
+        registered the other way round (atlas fixed, target moving) and the result inverted."""
+        if _physical_volume(moving) >= _physical_volume(self.fixed):
+            return _affine_from(self.fixed, moving, start, seed)[0]
+        return _affine_from(moving, self.fixed, start.GetInverse(), seed)[0].GetInverse()
+
+
+def _physical_volume(image: sitk.Image) -> float:
+    return float(np.prod(np.array(image.GetSize()) * np.array(image.GetSpacing())))
+
+
 def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform:
     """Affine pre-alignment of an atlas to the target.
 
@@ -126,7 +143,8 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform
     over orientations and every translation (:mod:`crossmodalmas.global_search`: atlases that
     cover a fraction of the target, origins metres apart, LPS/RAS mix-ups). Each start is
     refined by a rigid then an affine stage of Mattes mutual information, multi-resolution,
-    on copies at ~4 mm (12 parameters gain nothing from finer voxels). The refined
+    on copies at ~4 mm (12 parameters gain nothing from finer voxels), sampling the smaller
+    of the two images (an atlas smaller than the target is registered the other way round). The refined
     transforms are compared by the global search's own measure (mutual information times
     overlap on its grid): unlike the Mattes metric, a mean over whatever overlaps, it does not
     favour a far-off pose where little overlaps. A pose from the search must beat the best

@@ -34,7 +34,7 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
         dilation: distance, in voxels, from the centre to each of the six neighbours.
 
     Returns:
-        ``(N, 12, D, H, W)`` float descriptors in (0, 1].
+        ``(N, 12, D, H, W)`` float descriptors in (0, 1]; each image's depend on it alone.
 
     Raises:
         ValueError: ``image`` is not ``(N, 1, D, H, W)``.
@@ -49,8 +49,16 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
                             kernel_size=2 * radius + 1, stride=1)
     distance = distance - distance.min(dim=1, keepdim=True).values
     variance = distance.mean(dim=1, keepdim=True)
-    # Floor the local variance at a fraction of its global mean so flat regions are not noise.
-    floor = 1e-3 * variance.mean() + 1e-6
-    variance = variance.clamp(min=floor.item())
+    # Floor the local variance at a fraction of its image's mean so flat regions are not noise
+    # (per image: an image's descriptors must not depend on the others in the batch).
+    floor = 1e-3 * variance.mean(dim=(1, 2, 3, 4), keepdim=True) + 1e-6
+    variance = torch.maximum(variance, floor)
     descriptor = torch.exp(-distance / variance)
     return descriptor / descriptor.max(dim=1, keepdim=True).values
+
+
+def mind_ssc_each(images: torch.Tensor) -> torch.Tensor:
+    """:func:`mind_ssc` of a ``(N, 1, D, H, W)`` batch, one image at a time: the same
+    descriptors, but the temporaries (about 40 volumes per image) are one image's, not N's.
+    The pipeline describes every atlas this way, so its memory does not grow with them."""
+    return torch.cat([mind_ssc(image[None]) for image in images])

@@ -37,7 +37,7 @@ SEARCH_SPACING_MM = 7.0  # coarse enough for an exhaustive search, fine enough t
 BINS = 6  # quantile bins per image: BINS^2 = 36 correlations per orientation
 MIN_OVERLAP = 0.5  # a pose must overlap at least this share of the smaller field of view
 _TILT_DEG = 15.0  # tilts about each axis; the affine step reaches the rest (~8 degrees)
-_MIN_SEARCH_VOXELS = 8  # the search grid spans at least this many voxels along the target's shortest axis
+_MIN_SEARCH_VOXELS = 12  # the search grid spans at least this many voxels along the target's shortest axis
 _PEAK_SEPARATION_MM = 30.0  # two kept poses of one orientation are at least this far apart
 
 

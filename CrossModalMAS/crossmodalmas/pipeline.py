@@ -19,7 +19,7 @@ from crossmodalmas.atlases import Atlas, AtlasFiles
 from crossmodalmas.coverage import CoverageCounter, mask_unknown, unknown_warning
 from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import CancelledError, InputError
-from crossmodalmas.features import mind_ssc
+from crossmodalmas.features import mind_ssc, mind_ssc_each
 from crossmodalmas.options import FusionMethod, SegmentOptions
 from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.affine import AffineAligner
@@ -259,14 +259,14 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target
     model, similarity = models
     target_t = torch.from_numpy(target_w)[None, None].to(device)
     atlases_t = torch.from_numpy(images)[:, None].to(device)
-    target_features, atlas_features = mind_ssc(target_t), mind_ssc(atlases_t)
+    target_features, atlas_features = mind_ssc(target_t), mind_ssc_each(atlases_t)
     fields = _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run)
     run.step("fuse", f"label fusion ({options.fusion.value})")
     with torch.no_grad():
         warped_classes = warp_labels(torch.from_numpy(classes)[:, None].to(device), fields.forward,
                                      len(table))[:, 0]
         warped_images = warp(atlases_t, fields.forward)
-        warped_features = mind_ssc(warped_images)  # of the warped image: what re-fusion recomputes
+        warped_features = mind_ssc_each(warped_images)  # of the warped image: what re-fusion recomputes
     names = list(kept)
     coverage, scores = ranking
     qc = registration_qc(names, fields, atlas_features, warped_features, target_features, coverage,

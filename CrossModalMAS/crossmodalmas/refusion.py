@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from crossmodalmas.errors import InputError
-from crossmodalmas.features import mind_ssc
+from crossmodalmas.features import mind_ssc, mind_ssc_each
 from crossmodalmas.fusion import disagreement, fuse
 from crossmodalmas.options import FusionMethod
 from crossmodalmas.coverage import mask_unknown
@@ -82,7 +82,7 @@ def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_valu
     if method is FusionMethod.PATCH_LABEL_FUSION:
         logits, similarity_model = _similarity(similarity, similarity_model, classes, target, images, grid, device)
     if method is FusionMethod.NON_LOCAL_WEIGHTED_VOTE and features is None:
-        features = (mind_ssc(target), mind_ssc(images))
+        features = (mind_ssc(target), mind_ssc_each(images))
     target_features, atlas_features = features if features is not None else (None, None)
     with torch.no_grad():
         fused = fuse(method, classes, len(label_values), target_features=target_features,
