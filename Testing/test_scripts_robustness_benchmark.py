@@ -65,3 +65,13 @@ def test_memory_plot_is_written(bench, tmp_path):
     path = tmp_path / "docs" / "memory.png"
     bench.benchmark_robustness._memory_plot(rows, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_rows_are_taken_only_from_a_run_of_the_same_commit(bench):
+    machine = {"cpu": "x", "commit": "abc"}
+    results = {"machine": machine, "partial_fov": [_row(0.7, 0.0)], "memory": []}
+    memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
+    merged = bench.benchmark_robustness._with_memory_of(results, {"machine": dict(machine), "memory": memory})
+    assert merged["memory"] == memory and merged["partial_fov"] == results["partial_fov"] and "side by side" in merged["note"]
+    with pytest.raises(SystemExit, match="another machine or commit"):
+        bench.benchmark_robustness._with_memory_of(results, {"machine": {"cpu": "x", "commit": "def"}, "memory": memory})

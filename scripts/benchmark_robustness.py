@@ -215,8 +215,8 @@ def _memory_lines(rows: list[dict]) -> list[str]:
 def _write_section(results: dict) -> None:
     info = results["machine"]
     lines = [f"Run {results['date']} on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, "
-             f"antspyx {info['antspyx']}, commit {info['commit']}; no GPU. "
-             "`python scripts/benchmark_robustness.py` re-runs it.", ""]
+             f"antspyx {info['antspyx']}, commit {info['commit']}, {info['threads']} torch thread(s); no GPU. "
+             "`python scripts/benchmark_robustness.py` re-runs it." + (f" {results['note']}" if results.get("note") else ""), ""]
     if results.get("partial_fov"):
         lines += _partial_lines(results["partial_fov"]) + [""]
     if results.get("memory"):
@@ -232,6 +232,14 @@ def _write_section(results: dict) -> None:
     replace_section(ROOT / "BENCHMARKS.md", "robustness", ["## Robustness", ""] + lines)
 
 
+def _with_memory_of(results: dict, other: dict) -> dict:
+    """``results`` with ``other``'s memory rows; both runs must be of one commit on one machine."""
+    if other["machine"] != results["machine"]:
+        raise SystemExit(f"--memory-from: another machine or commit ({other['machine']} vs {results['machine']})")
+    note = "The memory rows ran side by side with the rest, in a second process."
+    return {**results, "memory": other["memory"], "note": note}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=12)
@@ -245,6 +253,9 @@ def main(argv=None) -> int:
                         help="run the catalogue and update an earlier run's --out JSON and section")
     parser.add_argument("--from-json", action="store_true",
                         help="redraw the section and figure from an earlier run's --out JSON, measuring nothing")
+    parser.add_argument("--memory-from", type=Path,
+                        help="with --from-json: take the memory rows from another run's JSON of the same commit "
+                             "(the two halves run side by side, e.g. one --no-memory, one --pairs 0 --no-hostile)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.no_ants, args.no_memory = 2, True, True
@@ -252,6 +263,8 @@ def main(argv=None) -> int:
         results = json.loads(args.out.read_text(encoding="utf-8"))
         if args.hostile_only:
             results["hostile"] = hostile()
+        if args.memory_from:
+            results = _with_memory_of(results, json.loads(args.memory_from.read_text(encoding="utf-8")))
         args.out.write_text(json.dumps(results, indent=1))
         _write_section(results)
         return 0
