@@ -25,7 +25,7 @@ from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.affine import AffineAligner
 from crossmodalmas.preprocess import (label_box_in_target, resample,
                                       robust_normalise, working_grid)
-from crossmodalmas.qc import registration_qc
+from crossmodalmas.qc import descriptor_similarity, registration_qc
 from crossmodalmas.refusion import class_dtype, fused_fields
 from crossmodalmas.registration_engine import deformable_registration, load_registration_model
 from crossmodalmas.result import Result
@@ -261,6 +261,8 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target
     atlases_t = torch.from_numpy(images)[:, None].to(device)
     target_features, atlas_features = mind_ssc(target_t), mind_ssc_each(atlases_t)
     fields = _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run)
+    similarity_before = descriptor_similarity(atlas_features, target_features)
+    del atlas_features  # 12 channels per atlas: freed before the warped atlases' are made
     run.step("fuse", f"label fusion ({options.fusion.value})")
     with torch.no_grad():
         warped_classes = warp_labels(torch.from_numpy(classes)[:, None].to(device), fields.forward,
@@ -269,10 +271,10 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target
         warped_features = mind_ssc_each(warped_images)  # of the warped image: what re-fusion recomputes
     names = list(kept)
     coverage, scores = ranking
-    qc = registration_qc(names, fields, atlas_features, warped_features, target_features, coverage,
+    qc = registration_qc(names, fields, similarity_before, warped_features, target_features, coverage,
                          grid.spacing_kji)
     qc = [replace(item, selection_score=float(score)) for item, score in zip(qc, scores)]
-    del fields, atlas_features
+    del fields
     warped_images = warped_images[:, 0].cpu().numpy().astype(np.float32)
     warped_classes = warped_classes.cpu().numpy().astype(class_dtype(len(table)))
     fused = fused_fields(options.fusion, grid, target.grid, table, target_w, warped_images, warped_classes,

@@ -15,8 +15,9 @@ from crossmodalmas.result import AtlasQC
 
 
 def descriptor_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - mean absolute difference of MIND-SSC descriptors per item, in [0, 1] (``(N,)``)."""
-    return 1.0 - (a - b).abs().flatten(1).mean(1)
+    """1 - mean absolute difference of MIND-SSC descriptors per item, in [0, 1] (``(N,)``);
+    one item at a time (a difference of all N at once was the pipeline's peak memory)."""
+    return torch.stack([1.0 - (item[None] - b).abs().mean() for item in a])
 
 
 def _weight_shares(weights: torch.Tensor, where: torch.Tensor) -> list[float]:
@@ -28,7 +29,7 @@ def _weight_shares(weights: torch.Tensor, where: torch.Tensor) -> list[float]:
     return weights.reshape(weights.shape[0], -1)[:, where].mean(dim=1).tolist()
 
 
-def registration_qc(names: Sequence[str], fields: RegistrationFields, atlas_features: torch.Tensor,
+def registration_qc(names: Sequence[str], fields: RegistrationFields, similarity_before: torch.Tensor,
                     warped_features: torch.Tensor, target_features: torch.Tensor,
                     coverage: Sequence[float], spacing_kji) -> list[AtlasQC]:
     """The registration's quality figures of every atlas (the fusion's come from
@@ -37,14 +38,14 @@ def registration_qc(names: Sequence[str], fields: RegistrationFields, atlas_feat
     Args:
         names: atlas names, N of them.
         fields: forward and backward fields, ``(N, 3, D, H, W)`` in working-grid voxels.
-        atlas_features: ``(N, F, D, H, W)`` descriptors after affine alignment only.
+        similarity_before: ``(N,)`` :func:`descriptor_similarity` of the atlases after affine
+            alignment only (taken before the deformable step, so their descriptors can be freed).
         warped_features: ``(N, F, D, H, W)`` descriptors after the deformable step.
         target_features: ``(1, F, D, H, W)`` target descriptors.
         coverage: fraction of the region each atlas covers.
         spacing_kji: working-grid spacing in mm along (k, j, i).
     """
-    before = descriptor_similarity(atlas_features, target_features)
-    after = descriptor_similarity(warped_features, target_features)
+    before, after = similarity_before, descriptor_similarity(warped_features, target_features)
     out = []
     for i, name in enumerate(names):
         smoothness = determinant_figures(jacobian_determinant(fields.forward[i:i + 1].float()))
