@@ -118,7 +118,6 @@ class AffineAligner:
             best = int(np.argmax(header))
         return candidates[best]
 
-
     def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int) -> sitk.Transform:
         """Rigid then affine stages from ``start``, sampling the smaller of the two images.
 
@@ -144,8 +143,8 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform
     cover a fraction of the target, origins metres apart, LPS/RAS mix-ups). Each start is
     refined by a rigid then an affine stage of Mattes mutual information, multi-resolution,
     on copies at ~4 mm (12 parameters gain nothing from finer voxels), sampling the smaller
-    of the two images (an atlas smaller than the target is registered the other way round). The refined
-    transforms are compared by the global search's own measure (mutual information times
+    of the two images (an atlas smaller than the target is registered the other way round).
+    The refined transforms are compared by the global search's own measure (mutual information times
     overlap on its grid): unlike the Mattes metric, a mean over whatever overlaps, it does not
     favour a far-off pose where little overlaps. A pose from the search must beat the best
     header-based one by 5 % (symmetric anatomy scores its flip as well as the truth). A start
