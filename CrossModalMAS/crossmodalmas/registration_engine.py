@@ -32,6 +32,11 @@ CPU_CHUNK = 1  # atlases per network pass and per instance optimisation on the C
 RegistrationModel = LoadedModel  # a loaded registration network and its entry
 
 
+def _first_batch(atlases: torch.Tensor) -> int:
+    """Atlases per pass: all of them on CUDA (halved on OOM), ``CPU_CHUNK`` on the CPU."""
+    return atlases.shape[0] if atlases.is_cuda else max(1, min(CPU_CHUNK, atlases.shape[0]))
+
+
 def load_registration_model(name_or_path: Optional[str], device: torch.device) -> Optional[RegistrationModel]:
     """The network ``--model`` names (None: the bundled default); None for ``instance-opt``.
 
@@ -67,7 +72,7 @@ def _predict_batches(net, atlases: torch.Tensor, target: torch.Tensor, batch: in
 def _predict(model: RegistrationModel, atlases: torch.Tensor, target: torch.Tensor,
              warn: Callable[[str], None]) -> PredictedFields:
     """One pass for every atlas, batched; smaller batches, then the CPU, on CUDA OOM."""
-    batch = atlases.shape[0] if atlases.is_cuda else min(CPU_CHUNK, atlases.shape[0])
+    batch = _first_batch(atlases)
     while True:
         try:
             parts = _predict_batches(model.net, atlases, target, batch)
@@ -139,8 +144,7 @@ def deformable_registration(model: Optional[RegistrationModel], target_image, at
 
 def _register_in_chunks(target_features, atlas_features, config, start, progress, cancel) -> RegistrationFields:
     """:func:`register` over all atlases at once on CUDA, ``CPU_CHUNK`` at a time on the CPU."""
-    count = atlas_features.shape[0]
-    size = count if atlas_features.is_cuda else max(1, min(CPU_CHUNK, count))
+    count, size = atlas_features.shape[0], _first_batch(atlas_features)
     parts = []
     for first in range(0, count, size):
         chunk = slice(first, min(first + size, count))
