@@ -1,12 +1,14 @@
 """crossmodalmas.coverage: target voxels no atlas covers are unknown (0), never an atlas's label."""
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from conftest import phantom
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.coverage import CoverageCounter, mask_unknown, unknown_warning
 from crossmodalmas.options import SegmentOptions
+from crossmodalmas import pipeline
 from crossmodalmas.pipeline import segment
 from crossmodalmas.refusion import refuse
 from crossmodalmas.volume import Grid, LabelMap
@@ -56,14 +58,18 @@ def test_unknown_warning_gives_the_share():
     assert unknown_warning(unknown).startswith("30.0% of the target lies outside every atlas's field of view")
 
 
-def test_segment_marks_what_the_atlas_slab_does_not_cover():
-    image, labels = phantom(0, "ct")
+def _slab_atlas(k0=12, k1=28) -> Atlas:
+    """Slices k0..k1-1 (of 40) of another subject's MR phantom."""
     atlas_image, atlas_labels = phantom(1, "mr")
-    k0, k1 = 12, 28  # a slab of 16 of the 40 slices
     slab = np.eye(4)
     slab[:3, 3] = atlas_image.ijk_to_ras[:3, :3] @ np.array([0.0, 0.0, k0])
-    atlas = Atlas("slab", type(atlas_image)(atlas_image.array[k0:k1].copy(), atlas_image.ijk_to_ras @ slab),
-                  LabelMap(atlas_labels.array[k0:k1].copy(), atlas_labels.ijk_to_ras @ slab))
+    return Atlas("slab", type(atlas_image)(atlas_image.array[k0:k1].copy(), atlas_image.ijk_to_ras @ slab),
+                 LabelMap(atlas_labels.array[k0:k1].copy(), atlas_labels.ijk_to_ras @ slab))
+
+
+def test_segment_marks_what_the_atlas_slab_does_not_cover():
+    image, labels = phantom(0, "ct")
+    atlas = _slab_atlas()
     options = SegmentOptions(model="instance-opt", refine_iterations=2, fusion="mv")
     result = segment(image, [atlas], options)
     assert result.unknown is not None and 0.2 < result.unknown.mean() < 0.8
@@ -72,6 +78,33 @@ def test_segment_marks_what_the_atlas_slab_does_not_cover():
     assert any("outside every atlas's field of view" in w for w in result.warnings)
     again = refuse(result, method="loa")
     assert not again.labels.array[result.unknown].any()
+
+
+def test_the_registration_matches_a_slab_inside_its_field_of_view_only(monkeypatch):
+    image, _ = phantom(0, "ct")
+    whole_image, whole_labels = phantom(2, "mr", shape=(48, 48, 48))
+    seen = {"inside": []}
+
+    def registration(*args, support, **kwargs):
+        seen["support"] = support
+        return real_registration(*args, support=support, **kwargs)
+
+    def support_of(inside):
+        seen["inside"].append(inside)
+        return real_support(inside)
+
+    real_registration, real_support = pipeline.deformable_registration, pipeline.descriptor_support
+    monkeypatch.setattr(pipeline, "deformable_registration", registration)
+    monkeypatch.setattr(pipeline, "descriptor_support", support_of)
+    options = SegmentOptions(model="instance-opt", refine_iterations=1, fusion="mv")
+    segment(image, [Atlas("whole", whole_image, whole_labels)], options)
+    assert seen["support"] is None  # one atlas covering the working grid: matched everywhere
+    result = segment(image, [Atlas("whole", whole_image, whole_labels), _slab_atlas()], options)
+    slab = result.atlas_names.index("slab")
+    inside, support = seen["inside"][slab][0, 0], seen["support"][slab, 0]
+    assert float(inside.float().mean()) == pytest.approx(result.qc[slab].coverage)  # its field of view
+    assert 0 < support.sum() < inside.sum() and not (support & ~inside).any()  # eroded within it
+    assert seen["support"][1 - slab].all()
 
 
 def test_full_coverage_leaves_no_unknown():

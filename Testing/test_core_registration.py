@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from crossmodalmas.errors import CancelledError
-from crossmodalmas.features import mind_ssc, mind_ssc_each
+from crossmodalmas.features import descriptor_support, mind_ssc, mind_ssc_each
 from crossmodalmas.instance_opt import InstanceOptConfig, diffusion_energy, register
 from crossmodalmas.metrics import folding_percent
 from crossmodalmas.transforms import identity_grid, warp
@@ -84,6 +84,31 @@ def test_register_polls_cancel_and_reports_progress():
     assert fractions == pytest.approx([0.1, 0.2, 0.3])
 
 
+def test_descriptor_support_erodes_a_field_of_view_by_the_descriptors_reach():
+    inside = torch.zeros(2, 1, 24, 8, 8, dtype=torch.bool)
+    inside[0, :, :14] = True  # a slab from the grid's border to k = 13
+    inside[1, :, 10:14] = True  # four slices: eroding by three from each side leaves nothing
+    support = descriptor_support(inside)
+    assert support[0, 0, :, 4, 4].nonzero().flatten().tolist() == list(range(11))  # 14 - (1 + 2)
+    assert support[0, 0, :11].all()  # the grid's own border is no edge
+    assert torch.equal(support[1], inside[1])  # kept whole rather than emptied
+    assert descriptor_support(inside, radius=2, dilation=3)[0, 0, :, 4, 4].sum() == 14 - 5
+
+
+def test_register_matches_a_partial_atlas_inside_its_field_of_view_only():
+    image = _render(_blobs((24, 24, 24)), [0.0, 1.0, 0.5], 1)
+    slab = image.clone()
+    slab[:, :, 14:] = 0.0  # the atlas is the target, cut off at k = 14 through the blob
+    inside = torch.zeros(1, 1, 24, 24, 24, dtype=torch.bool)
+    inside[:, :, :14] = True
+    config = InstanceOptConfig(levels=(2, 1), iterations=30)
+    target, atlas = mind_ssc(image), mind_ssc(slab)
+    unmasked = register(target, atlas, config).forward[:, :, :11]
+    masked = register(target, atlas, config, support=descriptor_support(inside)).forward[:, :, :11]
+    assert float(unmasked.abs().max()) > 0.6  # the cut pulled towards an edge of the target
+    assert float(masked.abs().max()) < 0.3  # the atlas, equal to the target where it has data, stays put
+
+
 def test_diffusion_energy_of_constant_field_is_zero():
     assert torch.all(diffusion_energy(torch.ones(2, 3, 5, 5, 5)) == 0)
 
@@ -95,6 +120,10 @@ def test_error_messages():
         register(torch.zeros(2, 12, 8, 8, 8), torch.zeros(2, 12, 8, 8, 8))
     with pytest.raises(ValueError, match=r"register\(\): 'atlas_features' must be \(N, 12, 8, 8, 8\), got \(1, 12, 8, 8, 9\)"):
         register(torch.zeros(1, 12, 8, 8, 8), torch.zeros(1, 12, 8, 8, 9))
+    with pytest.raises(ValueError, match=r"register\(\): 'support' must be \(2, 1, 8, 8, 8\), got \(1, 1, 8, 8, 8\)"):
+        register(torch.zeros(1, 12, 8, 8, 8), torch.zeros(2, 12, 8, 8, 8), support=torch.ones(1, 1, 8, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"descriptor_support\(\): 'inside' must be \(N, 1, D, H, W\), got \(8, 8, 8\)"):
+        descriptor_support(torch.ones(8, 8, 8, dtype=torch.bool))
 
 
 def test_affine_align_falls_back_to_the_centres_when_every_start_fails(monkeypatch):

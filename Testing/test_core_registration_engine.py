@@ -89,12 +89,14 @@ def test_the_cpu_network_pass_takes_one_atlas_at_a_time(tiny_model_path, monkeyp
 def test_chunked_instance_optimisation_gives_the_fields_of_one_batch(monkeypatch):
     torch.manual_seed(0)
     target, atlases = torch.rand(1, 4, 12, 12, 12), torch.rand(3, 4, 12, 12, 12)
+    support = torch.rand(3, 1, 12, 12, 12) > 0.3  # each chunk must get its own atlases' support
 
     def run(chunk):
         monkeypatch.setattr(registration_engine, "CPU_CHUNK", chunk)
         reported = []
         fields = deformable_registration(None, None, None, target, atlases, 2.0, 3, 0.01,
-                                         progress=reported.append, cancel=lambda: False, warn=pytest.fail)
+                                         progress=reported.append, cancel=lambda: False, warn=pytest.fail,
+                                         support=support)
         return fields, reported
 
     (one, _), (chunked, reported) = run(3), run(2)

@@ -62,3 +62,33 @@ def mind_ssc_each(images: torch.Tensor) -> torch.Tensor:
     descriptors, but the temporaries (about 40 volumes per image) are one image's, not N's.
     The pipeline describes every atlas this way, so its memory does not grow with them."""
     return torch.cat([mind_ssc(image[None]) for image in images])
+
+
+def descriptor_support(inside: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+    """Where :func:`mind_ssc` (with the same ``radius`` and ``dilation``) describes an image
+    from inside its field of view alone: ``inside`` eroded by ``radius + dilation`` voxels.
+
+    An atlas that covers part of the working grid is zero outside its field of view, and the
+    descriptors within that reach of the edge describe the artificial step to zero, not its
+    anatomy; a registration matching them pulls the edge onto some edge of the target. The
+    grid's own border is not an edge (MIND pads it by replication). An image whose support
+    would erode away entirely (a slab a few voxels thick) keeps its field of view.
+
+    Args:
+        inside: ``(N, 1, D, H, W)`` bool, each image's field of view on the grid.
+
+    Returns:
+        ``(N, 1, D, H, W)`` bool.
+
+    Raises:
+        ValueError: ``inside`` is not ``(N, 1, D, H, W)``.
+    """
+    if inside.dim() != 5 or inside.shape[1] != 1:
+        raise ValueError(f"descriptor_support(): 'inside' must be (N, 1, D, H, W), got {tuple(inside.shape)}")
+    reach = radius + dilation
+    # erosion as a max-pool of the outside; the pool's implicit padding never wins the max
+    outside = F.max_pool3d((~inside).float(), 2 * reach + 1, stride=1, padding=reach)
+    support = outside < 0.5
+    empty = ~support.flatten(1).any(1)
+    support[empty] = inside[empty]
+    return support

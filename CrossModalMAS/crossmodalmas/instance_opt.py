@@ -82,7 +82,16 @@ def _displacement(velocity: torch.Tensor, shape, steps: int) -> torch.Tensor:
     return resize_flow(integrate_velocity(velocity, steps), shape)
 
 
-def _optimise_level(velocity, target, atlases, config, tick, cancel):
+def _mismatch(warped: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean squared descriptor difference per atlas ``(N,)``, weighted by ``weights`` where given."""
+    squared = (warped - target).pow(2)
+    if weights is None:
+        return squared.flatten(1).mean(1)
+    per_voxel = squared.mean(1, keepdim=True) * weights
+    return per_voxel.flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1e-6)
+
+
+def _optimise_level(velocity, target, atlases, config, tick, cancel, weights=None):
     velocity = velocity.detach().requires_grad_(True)
     # Adam's step ignores the gradient's scale, so round-off gradients (an atlas already equal
     # to the target) would still move the field by a full step. Summing the loss over the
@@ -97,7 +106,7 @@ def _optimise_level(velocity, target, atlases, config, tick, cancel):
             raise CancelledError("registration cancelled")
         optimiser.zero_grad(set_to_none=True)
         flow = _displacement(velocity, target.shape[2:], config.integration_steps)
-        similarity = (warp(atlases, flow) - target).pow(2).flatten(1).mean(1)
+        similarity = _mismatch(warp(atlases, flow), target, weights)
         loss = scale * (similarity + config.regularisation * diffusion_energy(velocity)).sum()
         loss.backward()
         optimiser.step()
@@ -110,7 +119,8 @@ def register(target_features: torch.Tensor, atlas_features: torch.Tensor,
              config: Optional[InstanceOptConfig] = None,
              initial_velocity: Optional[torch.Tensor] = None,
              progress: Optional[Callable[[float], None]] = None,
-             cancel: Optional[Callable[[], bool]] = None) -> RegistrationFields:
+             cancel: Optional[Callable[[], bool]] = None,
+             support: Optional[torch.Tensor] = None) -> RegistrationFields:
     """Register every atlas to the target by optimising a velocity field per pair.
 
     Args:
@@ -122,6 +132,11 @@ def register(target_features: torch.Tensor, atlas_features: torch.Tensor,
             grid (e.g. a network's prediction); zero otherwise.
         progress: called with the fraction done in [0, 1].
         cancel: polled every iteration; returning True raises :class:`CancelledError`.
+        support: optional ``(N, 1, D, H, W)`` bool, where each atlas's descriptors describe its
+            anatomy (:func:`~crossmodalmas.features.descriptor_support` of its field of view):
+            the mismatch is averaged there only. The region is fixed on the working grid, so
+            no field can lower the loss by shrinking it; a field that pulls the atlas's empty
+            outside into it is penalised as it should be. None: everywhere.
 
     Returns:
         :class:`RegistrationFields` in voxels of the working grid.
@@ -138,6 +153,11 @@ def register(target_features: torch.Tensor, atlas_features: torch.Tensor,
             f"register(): 'atlas_features' must be (N, {', '.join(map(str, target_features.shape[1:]))}), "
             f"got {tuple(atlas_features.shape)}"
         )
+    if support is not None and tuple(support.shape) != (atlas_features.shape[0], 1, *atlas_features.shape[2:]):
+        raise ValueError(
+            f"register(): 'support' must be ({atlas_features.shape[0]}, 1, "
+            f"{', '.join(map(str, atlas_features.shape[2:]))}), got {tuple(support.shape)}"
+        )
     shape = target_features.shape[2:]
     batch = atlas_features.shape[0]
     velocity_shape = _velocity_shape(shape, config.field_stride)
@@ -153,11 +173,13 @@ def register(target_features: torch.Tensor, atlas_features: torch.Tensor,
         if progress is not None:
             progress(done[0] / max(total, 1))
 
+    weights_full = None if support is None else support.to(target_features)
     for factor in config.levels:
         target, atlases = _pool(target_features, factor), _pool(atlas_features, factor)
+        weights = None if weights_full is None else _pool(weights_full, factor)
         level_shape = _velocity_shape(target.shape[2:], config.field_stride)
         velocity = resize_flow(velocity, level_shape)
-        velocity = _optimise_level(velocity, target, atlases, config, tick, cancel)
+        velocity = _optimise_level(velocity, target, atlases, config, tick, cancel, weights)
     velocity = resize_flow(velocity, velocity_shape)
     with torch.no_grad():
         forward = _displacement(velocity, shape, config.integration_steps)

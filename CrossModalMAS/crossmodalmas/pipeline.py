@@ -19,7 +19,7 @@ from crossmodalmas.atlases import Atlas, AtlasFiles
 from crossmodalmas.coverage import CoverageCounter, mask_unknown, unknown_warning
 from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import CancelledError, InputError
-from crossmodalmas.features import mind_ssc, mind_ssc_each
+from crossmodalmas.features import descriptor_support, mind_ssc, mind_ssc_each
 from crossmodalmas.options import FusionMethod, SegmentOptions
 from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.affine import AffineAligner
@@ -156,27 +156,26 @@ def _region(target: Volume, aligned: Sequence[_Aligned], options: SegmentOptions
 
 
 def _on_grid(target, aligned: Sequence[_Aligned], grid: Grid, table: np.ndarray, run: _Run):
-    """Normalised target and atlas images and atlas class indices on the working grid."""
+    """Normalised target and atlas images, atlas class indices and each atlas's field of view
+    (bool) on the working grid."""
     target_w = robust_normalise(resample(target.array, target.ijk_to_ras, grid))
-    kept, images, classes, coverage = [], [], [], []
+    kept, images, classes, inside = [], [], [], []
     for item in aligned:
         run.check_cancel()
         atlas, transform = _checked(item.source), item.transform
         # -1 outside the atlas's field of view: its coverage, without a full-size array of ones
         labels = resample(atlas.labels.array, atlas.labels.ijk_to_ras, grid, transform, labels=True, default=-1)
-        inside = labels >= 0
-        labels = np.maximum(labels, 0)
-        if not np.any(labels):
+        if not np.any(labels > 0):
             run.warn(f"atlas {atlas.name}: no labelled voxel overlaps the target after alignment; dropped")
             continue
         image = resample(robust_normalise(atlas.image.array), atlas.image.ijk_to_ras, grid, transform)
         kept.append(atlas.name)  # the name only: the arrays are freed with the atlas
         images.append(image)
-        classes.append(np.searchsorted(table, labels))  # label value -> class index (table is sorted)
-        coverage.append(float(inside.mean()))
+        inside.append(labels >= 0)
+        classes.append(np.searchsorted(table, np.maximum(labels, 0)))  # label value -> class index (table is sorted)
     if not kept:
         raise InputError("atlases: none overlaps the target after alignment; check that they show the same anatomy")
-    return target_w, kept, np.stack(images), np.stack(classes), coverage
+    return target_w, kept, np.stack(images), np.stack(classes), np.stack(inside)
 
 
 def fusion_method(options: SegmentOptions, device) -> tuple[FusionMethod, Optional[SimilarityModel]]:
@@ -233,25 +232,34 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
     table = _label_table(aligned, run)
     run.step("region", "working region")
     grid = _region(target, aligned, options, len(table), run)
-    target_w, kept, images, classes, coverage = _on_grid(target, aligned, grid, table, run)
+    target_w, kept, images, classes, inside = _on_grid(target, aligned, grid, table, run)
     run.step("select", "atlas selection")
     scores = selection_scores(target_w, images)
     order = select_atlases(scores, options.select)
-    kept, images, classes = [kept[i] for i in order], images[order], classes[order]
-    coverage, scores = [coverage[i] for i in order], scores[order]
-    result = _deform_and_fuse(target, grid, table, kept, images, classes, (coverage, scores), target_w,
+    kept, images, classes, inside = [kept[i] for i in order], images[order], classes[order], inside[order]
+    scores = scores[order]
+    result = _deform_and_fuse(target, grid, table, kept, images, classes, (inside, scores), target_w,
                               options, device, (model, similarity), run)
     return replace(result, labels=mask_unknown(result.labels, unknown), unknown=unknown if unknown.any() else None)
 
 
-def _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run):
+def _register(model, target_t, atlases_t, target_features, atlas_features, inside, grid, options, run):
     engine = "instance-opt" if model is None else "network"
     message = "instance optimisation" if model is None else f"registration network {model.name}"
     run.step("register", f"{message}: {atlases_t.shape[0]} atlases")
     return deformable_registration(
         model, target_t, atlases_t, target_features, atlas_features, float(grid.spacing[0]),
         options.refine_for(engine), options.regularisation,
-        progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn)
+        progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn,
+        support=_support(inside, target_t.device))
+
+
+def _support(inside: np.ndarray, device) -> Optional[torch.Tensor]:
+    """Where each atlas's descriptors describe its anatomy (None where every atlas covers the
+    whole working grid); one atlas at a time, so the erosion's float copy is one atlas's."""
+    if inside.all():
+        return None
+    return torch.cat([descriptor_support(torch.from_numpy(one)[None, None]) for one in inside]).to(device)
 
 
 def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target_w, options, device,
@@ -260,7 +268,8 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target
     target_t = torch.from_numpy(target_w)[None, None].to(device)
     atlases_t = torch.from_numpy(images)[:, None].to(device)
     target_features, atlas_features = mind_ssc(target_t), mind_ssc_each(atlases_t)
-    fields = _register(model, target_t, atlases_t, target_features, atlas_features, grid, options, run)
+    inside, scores = ranking
+    fields = _register(model, target_t, atlases_t, target_features, atlas_features, inside, grid, options, run)
     similarity_before = descriptor_similarity(atlas_features, target_features)
     del atlas_features  # 12 channels per atlas: freed before the warped atlases' are made
     run.step("fuse", f"label fusion ({options.fusion.value})")
@@ -270,7 +279,7 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target
         warped_images = warp(atlases_t, fields.forward)
         warped_features = mind_ssc_each(warped_images)  # of the warped image: what re-fusion recomputes
     names = list(kept)
-    coverage, scores = ranking
+    coverage = inside.reshape(len(names), -1).mean(1).tolist()
     qc = registration_qc(names, fields, similarity_before, warped_features, target_features, coverage,
                          grid.spacing_kji)
     qc = [replace(item, selection_score=float(score)) for item, score in zip(qc, scores)]
