@@ -10,7 +10,7 @@
    from the kernel (``wait4``), against the 8 GB bound.
 3. The hostile-input catalogue (:mod:`hostile_cases`): cases tried and answered as documented.
 
-    python scripts/benchmark_robustness.py [--pairs 12] [--no-ants] [--atlas-counts 1 5 10 20]
+    python scripts/benchmark_robustness.py [--pairs 24] [--no-ants] [--atlas-counts 1 5 10 20]
                                            [--no-memory] [--no-hostile] [--quick]
 """
 
@@ -242,7 +242,8 @@ def _with_memory_of(results: dict, other: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--pairs", type=int, default=24,
+                        help="partial-FOV pairs (12 resolved no change smaller than one pair in 12)")
     parser.add_argument("--no-ants", action="store_true")
     parser.add_argument("--atlas-counts", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--no-memory", action="store_true")
