@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from scipy import ndimage
 
 from crossmodalmas.affine import affine_align
-from crossmodalmas.global_search import GlobalSearch, pose_transform, rotation_about, search_orientations
+from crossmodalmas.global_search import GlobalSearch, _affine_of, pose_transform, rotation_about, search_orientations
 from crossmodalmas.preprocess import transform_points_to_target
 from crossmodalmas.volume import Volume
 
@@ -98,6 +99,51 @@ def test_scores_of_transforms_rank_the_truth_first():
     assert right > wrong
 
 
+def _moved(transform, shift_lps=(0.0, 0.0, 0.0), degrees=0.0):
+    """``transform`` after a rotation about the L axis and a shift (target LPS side)."""
+    error = sitk.Euler3DTransform()
+    error.SetRotation(np.radians(degrees), 0.0, 0.0)
+    error.SetTranslation(shift_lps)
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(transform)
+    composite.AddTransform(error)
+    return composite
+
+
+def test_polish_walks_an_offset_pose_back_to_the_truth():
+    frame = _frame(_rot(2), (200.0, 0.0, -300.0))
+    target, atlas = _case(14, 26, frame)
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    truth = pose_transform(search.poses(atlas, keep=1)[0])
+    assert _error_mm(atlas, frame, truth) < SPACING
+    off = _moved(truth, (6.0, -5.0, 9.0), degrees=5.0)
+    assert _error_mm(atlas, frame, off) > 2 * SPACING
+    polished = search.polish(atlas, off)
+    assert isinstance(polished, sitk.AffineTransform)
+    assert _error_mm(atlas, frame, polished) < SPACING
+    assert search.scores(atlas, [polished])[0] >= search.scores(atlas, [off])[0]
+
+
+def test_polish_keeps_a_pose_that_no_rigid_motion_improves():
+    target, atlas = _case(14, 26, _frame())
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    start = pose_transform(search.poses(atlas, keep=1)[0])
+    polished = search.polish(atlas, start)
+    assert search.scores(atlas, [polished])[0] >= search.scores(atlas, [start])[0]
+    assert _error_mm(atlas, _frame(), polished) < SPACING
+
+
+def test_affine_of_maps_points_as_the_transform_it_flattens():
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix((1.1, 0.1, 0.0, -0.05, 0.9, 0.2, 0.0, 0.1, 1.2))
+    affine.SetTranslation((3.0, -7.0, 12.0))
+    affine.SetCenter((10.0, 20.0, -5.0))
+    for transform in (affine, affine.GetInverse(), _moved(affine, (1.0, 2.0, 3.0), degrees=20.0)):
+        flat = _affine_of(transform)
+        for point in ((0.0, 0.0, 0.0), (100.0, -40.0, 250.0), (-3.5, 8.0, 1.0)):
+            assert np.allclose(flat.TransformPoint(point), transform.TransformPoint(point), atol=1e-6)
+
+
 def test_orientations_are_proper_rotations():
     rotations = search_orientations()
     assert len(rotations) == 4 * 7  # each of the four flips alone and tilted +- about three axes
@@ -126,3 +172,30 @@ def test_affine_align_recovers_a_flipped_far_off_slab():
     frame = _frame(_rot(2), (400.0, 250.0, -800.0))
     target, atlas = _case(20, 30, frame)
     assert _error_mm(atlas, frame, affine_align(target, atlas)) < SPACING
+
+
+def test_shares_of_a_slab_and_of_a_whole_pair():
+    target, slab = _case(24, 32, _frame())  # 8 of 40 slices, in place
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    target_share, atlas_share = search.shares(slab, pose_transform(search.poses(slab, keep=1)[0]))
+    assert target_share == pytest.approx(8 / 40, abs=0.04) and atlas_share == pytest.approx(1.0, abs=0.05)
+    whole = Volume(target.array.copy(), target.ijk_to_ras.copy())
+    assert min(search.shares(whole, sitk.Transform())) > 0.95
+    shifted = sitk.TranslationTransform(3, (0.0, 0.0, 20 * SPACING))  # half of it hangs outside
+    assert search.shares(whole, shifted) == pytest.approx((0.5, 0.5), abs=0.05)
+
+
+@pytest.mark.parametrize("slab, polished", [((0, 40), False), ((14, 26), True)])
+def test_only_a_partial_pair_is_polished(monkeypatch, slab, polished):
+    from crossmodalmas import affine
+
+    calls = []
+    real = GlobalSearch.polish
+    monkeypatch.setattr(GlobalSearch, "polish", lambda self, atlas, t: calls.append(self.spacing_mm) or real(self, atlas, t))
+    target, atlas = _case(*slab, _frame())
+    affine.AffineAligner(target).align(atlas)
+    # on the search grid, then on one twice as fine
+    spacings = [GlobalSearch(target).spacing_mm, GlobalSearch(target, affine._POLISH_SPACING_MM).spacing_mm]
+    assert spacings[1] == pytest.approx(spacings[0] / 2)
+    expected = spacings if polished else []
+    assert calls == pytest.approx(expected)

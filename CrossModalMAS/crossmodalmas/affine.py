@@ -7,12 +7,12 @@ Transforms map *fixed* (target) LPS points to *moving* (atlas) LPS points, as Si
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from crossmodalmas.global_search import GlobalSearch, MovingImage, pose_transform
+from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, pose_transform
 from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_normalise
 from crossmodalmas.volume import Volume, to_sitk
 
@@ -22,6 +22,16 @@ GLOBAL_STARTS = 5  # poses of the global search refined besides the moments and 
 # replaces the best header-based one (moments, centres) only when it scores this much higher.
 # Symmetric anatomy scores its flipped pose (almost) as well as the true one.
 _HEADER_MARGIN = 1.05
+# A partial pair's chosen transform is polished on the search grid, then on one twice as fine:
+# the coarse grid reaches furthest, the fine one places a slab within millimetres (see
+# GlobalSearch.polish). A pair is partial when the atlas covers less than this share of the
+# target's field of view, or less than this share of it lies inside the target: the slabs of
+# the robustness benchmark are 0.2-0.5, the registration benchmark's 16 whole pairs 0.68-1.0
+# (their fields of view differ by their margins). On those whole pairs, polishing changed the
+# affine Dice by -0.002 on average (-0.036 to +0.077) and doubled its time: there the
+# 12-parameter Mattes fit over the shared anatomy is as good.
+_POLISH_SPACING_MM = SEARCH_SPACING_MM / 2
+_WHOLE_SHARE = 0.6
 
 
 def _downsampled(volume: Volume) -> sitk.Image:
@@ -97,6 +107,8 @@ class AffineAligner:
     def __init__(self, target: Volume):
         self.fixed = _downsampled(target)
         self.search = GlobalSearch(target)
+        self._target = target
+        self._fine_search: Optional[GlobalSearch] = None  # made for the first partial atlas
 
     def align(self, atlas: Volume, seed: int = 0) -> sitk.Transform:
         """The affine transform of ``atlas`` (see :func:`affine_align`)."""
@@ -116,7 +128,16 @@ class AffineAligner:
         best = int(np.argmax(scores))
         if np.isfinite(header.max()) and header.max() * _HEADER_MARGIN >= scores[best]:
             best = int(np.argmax(header))
-        return candidates[best]
+        chosen = candidates[best]
+        if min(self.search.shares(ready, chosen)) < _WHOLE_SHARE:
+            chosen = self._polished(atlas, self.search.polish(ready, chosen))
+        return chosen
+
+    def _polished(self, atlas: Volume, transform: sitk.Transform) -> sitk.Transform:
+        """``transform`` polished on the fine search grid (made once, on first use)."""
+        if self._fine_search is None:
+            self._fine_search = GlobalSearch(self._target, spacing_mm=_POLISH_SPACING_MM)
+        return self._fine_search.polish(atlas, transform)
 
     def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int) -> sitk.Transform:
         """Rigid then affine stages from ``start``, sampling the smaller of the two images.
@@ -147,7 +168,10 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform
     The refined transforms are compared by the global search's own measure (mutual information times
     overlap on its grid): unlike the Mattes metric, a mean over whatever overlaps, it does not
     favour a far-off pose where little overlaps. A pose from the search must beat the best
-    header-based one by 5 % (symmetric anatomy scores its flip as well as the truth). A start
+    header-based one by 5 % (symmetric anatomy scores its flip as well as the truth). When the
+    two fields of view differ (one covers under 60 % of the other), the chosen one is then
+    polished: the rigid correction that most raises that measure, found by a local search on
+    the ~7 mm grid and again at ~3.5 mm (:meth:`GlobalSearch.polish`). A start
     ITK gives up on is dropped; if none is left the image centres are aligned. For several
     atlases of one target, :class:`AffineAligner` does the target's part once.
 

@@ -30,6 +30,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from scipy.optimize import minimize
+
 from crossmodalmas.preprocess import gaussian_smooth
 from crossmodalmas.volume import LPS_TO_RAS, Grid, Volume, to_sitk
 
@@ -39,6 +41,7 @@ MIN_OVERLAP = 0.5  # a pose must overlap at least this share of the smaller fiel
 _TILT_DEG = 15.0  # tilts about each axis; the affine step reaches the rest (~8 degrees)
 _MIN_SEARCH_VOXELS = 12  # the search grid spans at least this many voxels along the target's shortest axis
 _PEAK_SEPARATION_MM = 30.0  # two kept poses of one orientation are at least this far apart
+_POLISH_STEP_DEG = 2.0  # the local search's first steps: rotations in degrees, translations in search voxels
 
 
 def rotation_about(axis: int, degrees: float) -> np.ndarray:
@@ -314,12 +317,90 @@ class GlobalSearch:
         atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
         return [self._score(atlas.smoothed, atlas.edges, transform) for transform in transforms]
 
+    def polish(self, atlas: Union[Volume, MovingImage], transform: sitk.Transform) -> sitk.AffineTransform:
+        """``transform`` (target LPS -> atlas LPS, affine) corrected by the rigid motion, found by a
+        local search, that most raises its ``N * MI`` on the search grid.
+
+        The affine step's Mattes mutual information is a mean over whatever overlaps, at 32 bins
+        on ~4 mm copies; between two subjects it settled 10-30 mm from the truth on phantom
+        slabs where this overlap-weighted measure scores the truth higher. Measured on the
+        robustness benchmark's pairs (pose error against the known truth, chosen -> polished
+        at 7 then 3.5 mm): 20 -> 7 and 11 -> 6 mm on two misses, which it turned into finds;
+        one pose got worse, 14 -> 17 mm. Powell's method (scipy) needs no gradient of this
+        piecewise-constant score and keeps only steps that raise it, so the result never
+        scores lower than the start.
+
+        Args:
+            atlas: the moving image (or its :meth:`moving` form).
+            transform: an affine (or rigid) transform, target LPS -> atlas LPS.
+
+        Returns:
+            An affine transform, target LPS -> atlas LPS.
+        """
+        atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
+        start = _affine_of(transform)
+        centre = self._overlap_centre(atlas.smoothed, start)
+
+        def corrected(parameters: np.ndarray) -> sitk.Transform:
+            correction = sitk.Euler3DTransform()
+            correction.SetCenter(centre.tolist())
+            correction.SetRotation(*np.radians(parameters[:3]).tolist())
+            correction.SetTranslation((parameters[3:] * self.spacing_mm).tolist())
+            composite = sitk.CompositeTransform(3)
+            composite.AddTransform(start)
+            composite.AddTransform(correction)  # applied first: target point -> corrected -> atlas
+            return composite
+
+        def cost(parameters: np.ndarray) -> float:
+            return -self._score(atlas.smoothed, atlas.edges, corrected(parameters))
+
+        steps = np.diag([_POLISH_STEP_DEG] * 3 + [1.0] * 3)
+        found = minimize(cost, np.zeros(6), method="Powell", options={"direc": steps, "xtol": 0.05, "ftol": 1e-4})
+        best = found.x if found.fun < cost(np.zeros(6)) else np.zeros(6)
+        return _affine_of(corrected(best))
+
+    def shares(self, atlas: Union[Volume, MovingImage], transform: sitk.Transform) -> tuple[float, float]:
+        """How much the two fields of view overlap when ``transform`` places the atlas.
+
+        Returns:
+            The share of the target's field of view that the atlas covers, and the share of the
+            atlas's that lies inside the target (on the search grid; 1, 1 for a whole pair).
+        """
+        atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
+        both = int(self._overlap(atlas.smoothed, transform).sum())
+        atlas_voxels = np.prod(np.array(atlas.smoothed.GetSize()) * atlas.smoothed.GetSpacing()) / self.spacing_mm ** 3
+        return both / max(int((self.fixed.bins >= 0).sum()), 1), min(both / max(float(atlas_voxels), 1.0), 1.0)
+
+    def _overlap(self, smoothed: sitk.Image, transform: sitk.Transform) -> np.ndarray:
+        """Search-grid voxels inside both the target and the atlas placed by ``transform``."""
+        _, inside = _on_ras_grid(smoothed, self.fixed.grid, transform)
+        return inside & (self.fixed.bins >= 0)
+
+    def _overlap_centre(self, smoothed: sitk.Image, transform: sitk.Transform) -> np.ndarray:
+        """LPS centre of the search-grid voxels in both fields of view (the target's centre if
+        none): the rigid correction turns about the shared anatomy."""
+        both = self._overlap(smoothed, transform)
+        kji = np.argwhere(both) if both.any() else np.argwhere(self.fixed.bins >= 0)
+        ras = self.fixed.grid.ijk_to_points(kji[:, ::-1]).mean(0)
+        return LPS_TO_RAS[:3, :3] @ ras
+
     def _score(self, smoothed: sitk.Image, edges: np.ndarray, transform: sitk.Transform) -> float:
         values, inside = _on_ras_grid(smoothed, self.fixed.grid, transform)
         atlas_bins, _ = _quantile_bins(values, inside, edges)
         both = (atlas_bins >= 0) & (self.fixed.bins >= 0)
         pairs = atlas_bins[both].astype(np.int64) * BINS + self.fixed.bins[both]
         return _information(np.bincount(pairs, minlength=BINS * BINS).reshape(BINS, BINS).astype(float))
+
+
+def _affine_of(transform: sitk.Transform) -> sitk.AffineTransform:
+    """Any affine-linear transform (affine, rigid, their inverses and composites) as one
+    :class:`SimpleITK.AffineTransform`, read off the images of the origin and the unit points."""
+    origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
+    columns = [np.array(transform.TransformPoint(tuple(axis))) - origin for axis in np.eye(3)]
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(np.stack(columns, axis=1).ravel().tolist())
+    affine.SetTranslation(origin.tolist())
+    return affine
 
 
 def pose_transform(pose: Pose) -> sitk.Euler3DTransform:
