@@ -262,13 +262,13 @@ def _support(inside: np.ndarray, device) -> Optional[torch.Tensor]:
     return torch.cat([descriptor_support(torch.from_numpy(one)[None, None]) for one in inside]).to(device)
 
 
-def _deform_and_fuse(target, grid, table, kept, images, classes, ranking, target_w, options, device,
+def _deform_and_fuse(target, grid, table, kept, images, classes, coverage_and_scores, target_w, options, device,
                      models, run):
     model, similarity = models
     target_t = torch.from_numpy(target_w)[None, None].to(device)
     atlases_t = torch.from_numpy(images)[:, None].to(device)
     target_features, atlas_features = mind_ssc(target_t), mind_ssc_each(atlases_t)
-    inside, scores = ranking
+    inside, scores = coverage_and_scores
     fields = _register(model, target_t, atlases_t, target_features, atlas_features, inside, grid, options, run)
     similarity_before = descriptor_similarity(atlas_features, target_features)
     del atlas_features  # 12 channels per atlas: freed before the warped atlases' are made
