@@ -8,7 +8,7 @@ from scipy import ndimage
 from crossmodalmas.affine import affine_align
 from crossmodalmas.global_search import GlobalSearch, _affine_of, pose_transform, rotation_about, search_orientations
 from crossmodalmas.preprocess import transform_points_to_target
-from crossmodalmas.volume import Volume
+from crossmodalmas.volume import LabelMap, Volume
 
 SPACING = 4.0
 
@@ -97,6 +97,36 @@ def test_scores_of_transforms_rank_the_truth_first():
     shifted.SetTranslation(tuple(np.array(shifted.GetTranslation()) + (0.0, 0.0, 30.0)))
     right, wrong = search.scores(atlas, [pose_transform(truth), shifted])
     assert right > wrong
+
+
+def _featureless_with_labels(target: Volume, k0: int, k1: int):
+    """Slices ``k0:k1`` of ``target`` as an atlas whose image shows nothing (one intensity) but
+    whose label map does (the target's intensities cut into four structures)."""
+    slab = target.array[k0:k1]
+    ijk_to_ras = _grid(slab.shape, origin=(0.0, 0.0, k0 * SPACING))
+    structures = np.digitize(slab, np.quantile(slab, [0.25, 0.5, 0.75])).astype(np.int32)
+    return Volume(np.ones_like(slab), ijk_to_ras), LabelMap(structures, ijk_to_ras)
+
+
+def test_scores_tell_structures_of_one_intensity_apart_by_their_labels():
+    target = Volume(_blobs(), _grid((40, 32, 32)))
+    atlas, labels = _featureless_with_labels(target, 14, 26)
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    truth = sitk.Transform()
+    shifted = sitk.TranslationTransform(3, (0.0, 0.0, 3 * SPACING))
+    assert search.scores(atlas, [truth, shifted]) == pytest.approx([0.0, 0.0], abs=1e-6)  # intensities alone: no evidence
+    right, wrong = search.scores(search.moving(atlas, labels), [truth, shifted])
+    assert right > wrong > 0.0
+
+
+def test_polish_follows_the_labels_of_a_featureless_atlas():
+    target = Volume(_blobs(), _grid((40, 32, 32)))
+    atlas, labels = _featureless_with_labels(target, 14, 26)
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    off = sitk.TranslationTransform(3, (5.0, -6.0, 7.0))
+    polished = search.polish(search.moving(atlas, labels), off)
+    assert _error_mm(atlas, _frame(), polished) < SPACING
+    assert _error_mm(atlas, _frame(), search.polish(atlas, off)) == pytest.approx(_error_mm(atlas, _frame(), off))
 
 
 def _moved(transform, shift_lps=(0.0, 0.0, 0.0), degrees=0.0):
@@ -194,8 +224,19 @@ def test_only_a_partial_pair_is_polished(monkeypatch, slab, polished):
     monkeypatch.setattr(GlobalSearch, "polish", lambda self, atlas, t: calls.append(self.spacing_mm) or real(self, atlas, t))
     target, atlas = _case(*slab, _frame())
     affine.AffineAligner(target).align(atlas)
-    # on the search grid, then on one twice as fine
-    spacings = [GlobalSearch(target).spacing_mm, GlobalSearch(target, affine._POLISH_SPACING_MM).spacing_mm]
-    assert spacings[1] == pytest.approx(spacings[0] / 2)
-    expected = spacings if polished else []
+    # the best header-based and the best searched transform on the search grid, then the
+    # one chosen of them on a grid twice as fine
+    coarse, fine = GlobalSearch(target).spacing_mm, GlobalSearch(target, affine._POLISH_SPACING_MM).spacing_mm
+    assert fine == pytest.approx(coarse / 2)
+    expected = [coarse, coarse, fine] if polished else []
     assert calls == pytest.approx(expected)
+
+
+def test_a_searched_transform_must_beat_the_header_by_the_margin():
+    from crossmodalmas.affine import _HEADER_MARGIN, _preferred
+
+    header, searched = sitk.Transform(), sitk.TranslationTransform(3, (1.0, 2.0, 3.0))
+    assert _preferred([(header, 100.0)], [(searched, 100.0 * _HEADER_MARGIN - 1.0)]) is header
+    assert _preferred([(header, 100.0)], [(searched, 100.0 * _HEADER_MARGIN + 1.0)]) is searched
+    assert _preferred([], [(searched, 1.0), (header, 2.0)]) is header  # no header kind: the best
+    assert _preferred([(header, 1.0)], []) is header

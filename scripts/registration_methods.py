@@ -77,7 +77,8 @@ def run_identity(pair: Pair) -> Mapped:
 
 def run_affine(pair: Pair) -> Mapped:
     """The package's affine pre-alignment alone."""
-    return Mapped(_labels_through(pair, affine_align(pair.target, pair.atlas)), extra={"device": "cpu"})
+    return Mapped(_labels_through(pair, affine_align(pair.target, pair.atlas, labels=pair.atlas_labels)),
+                  extra={"device": "cpu"})
 
 
 def run_segment(pair: Pair, options: SegmentOptions) -> Mapped:

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, pose_transform
 from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_normalise
-from crossmodalmas.volume import Volume, to_sitk
+from crossmodalmas.volume import LabelMap, Volume, to_sitk
 
 _AFFINE_SPACING_MM = 4.0  # affine alignment runs on copies resampled to this spacing, for speed
 GLOBAL_STARTS = 5  # poses of the global search refined besides the moments and centres starts
@@ -110,34 +110,37 @@ class AffineAligner:
         self._target = target
         self._fine_search: Optional[GlobalSearch] = None  # made for the first partial atlas
 
-    def align(self, atlas: Volume, seed: int = 0) -> sitk.Transform:
+    def align(self, atlas: Volume, seed: int = 0, labels: Optional[LabelMap] = None) -> sitk.Transform:
         """The affine transform of ``atlas`` (see :func:`affine_align`)."""
-        moving, ready = _downsampled(atlas), self.search.moving(atlas)  # each made once per atlas
+        moving, ready = _downsampled(atlas), self.search.moving(atlas, labels)  # each made once per atlas
         starts = _starts(self.fixed, moving, ready, self.search)
-        candidates, from_header = [], []
+        header, searched = [], []  # refined from the header-based starts, and from the search's poses
         for index, start in enumerate(starts):
             try:
-                candidates.append(self._refined(moving, start, seed))
+                (header if index < 2 else searched).append(self._refined(moving, start, seed))
             except RuntimeError:  # ITK gave up (e.g. every sample mapped outside the atlas): next start
                 continue
-            from_header.append(index < 2)
-        if not candidates:  # nothing converged: the image centres aligned
+        if not header and not searched:  # nothing converged: the image centres aligned
             return starts[1]
-        scores = np.array(self.search.scores(ready, candidates))
-        header = np.where(from_header, scores, -np.inf)
-        best = int(np.argmax(scores))
-        if np.isfinite(header.max()) and header.max() * _HEADER_MARGIN >= scores[best]:
-            best = int(np.argmax(header))
-        chosen = candidates[best]
-        if min(self.search.shares(ready, chosen)) < _WHOLE_SHARE:
-            chosen = self._polished(atlas, self.search.polish(ready, chosen))
-        return chosen
+        header, searched = self._scored(ready, header), self._scored(ready, searched)
+        if min(self.search.shares(ready, _best(header + searched))) >= _WHOLE_SHARE:
+            return _preferred(header, searched)
+        # A partial pair: the search's own poses compete too (the Mattes fit of a target slab
+        # drifted to a 15 % scale, 15 mm off, from a pose 11 mm off that scored higher), and
+        # the best of each kind is polished before the two are compared, the winner again finer.
+        searched += self._scored(ready, starts[2:])
+        header, searched = [self._scored(ready, [self.search.polish(ready, _best(kind))]) if kind else []
+                            for kind in (header, searched)]
+        return self._polished(atlas, labels, _preferred(header, searched))
 
-    def _polished(self, atlas: Volume, transform: sitk.Transform) -> sitk.Transform:
+    def _scored(self, ready: MovingImage, transforms: Sequence[sitk.Transform]) -> list[_Scored]:
+        return list(zip(transforms, self.search.scores(ready, transforms)))
+
+    def _polished(self, atlas: Volume, labels: Optional[LabelMap], transform: sitk.Transform) -> sitk.Transform:
         """``transform`` polished on the fine search grid (made once, on first use)."""
         if self._fine_search is None:
             self._fine_search = GlobalSearch(self._target, spacing_mm=_POLISH_SPACING_MM)
-        return self._fine_search.polish(atlas, transform)
+        return self._fine_search.polish(self._fine_search.moving(atlas, labels), transform)
 
     def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int) -> sitk.Transform:
         """Rigid then affine stages from ``start``, sampling the smaller of the two images.
@@ -152,11 +155,27 @@ class AffineAligner:
         return _affine_from(moving, self.fixed, start.GetInverse(), seed)[0].GetInverse()
 
 
+_Scored = tuple  # (transform, the search's score of it)
+
+
+def _best(scored: Sequence[_Scored]) -> sitk.Transform:
+    return max(scored, key=lambda pair: pair[1])[0]
+
+
+def _preferred(header: Sequence[_Scored], searched: Sequence[_Scored]) -> sitk.Transform:
+    """The best-scoring transform; one from the search's poses only if it beats the best
+    header-based one by ``_HEADER_MARGIN``."""
+    if not header or not searched:
+        return _best(list(header) + list(searched))
+    best_header, best_search = (max(kind, key=lambda pair: pair[1]) for kind in (header, searched))
+    return best_header[0] if best_header[1] * _HEADER_MARGIN >= best_search[1] else best_search[0]
+
+
 def _physical_volume(image: sitk.Image) -> float:
     return float(np.prod(np.array(image.GetSize()) * np.array(image.GetSpacing())))
 
 
-def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform:
+def affine_align(target: Volume, atlas: Volume, seed: int = 0, labels: Optional[LabelMap] = None) -> sitk.Transform:
     """Affine pre-alignment of an atlas to the target.
 
     Starts from the image moments, the image centres, and the best poses of a global search
@@ -166,12 +185,14 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform
     on copies at ~4 mm (12 parameters gain nothing from finer voxels), sampling the smaller
     of the two images (an atlas smaller than the target is registered the other way round).
     The refined transforms are compared by the global search's own measure (mutual information times
-    overlap on its grid): unlike the Mattes metric, a mean over whatever overlaps, it does not
-    favour a far-off pose where little overlaps. A pose from the search must beat the best
-    header-based one by 5 % (symmetric anatomy scores its flip as well as the truth). When the
-    two fields of view differ (one covers under 60 % of the other), the chosen one is then
-    polished: the rigid correction that most raises that measure, found by a local search on
-    the ~7 mm grid and again at ~3.5 mm (:meth:`GlobalSearch.polish`). A start
+    overlap on its grid, each intensity bin split by the atlas's ``labels`` where given): unlike
+    the Mattes metric, a mean over whatever overlaps, it does not favour a far-off pose where
+    little overlaps. A pose from the search must beat the best header-based one by 5 %
+    (symmetric anatomy scores its flip as well as the truth). When the two fields of view
+    differ (one covers under 60 % of the other), the search's unrefined poses compete too, and
+    the best header-based and the best searched transform are each polished before that
+    comparison: the rigid correction that most raises the measure, found by a local search on
+    the ~7 mm grid (:meth:`GlobalSearch.polish`); the winner is polished again at ~3.5 mm. A start
     ITK gives up on is dropped; if none is left the image centres are aligned. For several
     atlases of one target, :class:`AffineAligner` does the target's part once.
 
@@ -179,8 +200,11 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0) -> sitk.Transform
         target: the fixed image.
         atlas: the moving image.
         seed: seed of the metric's random sampling (the result is deterministic given it).
+        labels: the atlas's label map, if known: the candidates are then compared, and the
+            chosen one polished, with each intensity bin split by structure
+            (:meth:`GlobalSearch.scores`).
 
     Returns:
         A SimpleITK transform mapping target LPS points to atlas LPS points.
     """
-    return AffineAligner(target).align(atlas, seed)
+    return AffineAligner(target).align(atlas, seed, labels)

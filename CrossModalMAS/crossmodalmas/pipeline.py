@@ -124,7 +124,7 @@ def _align_all(target: Volume, sources: Sequence[Union[Atlas, AtlasFiles]], seed
         run.check_cancel()
         atlas = _checked(source)
         run.report(index / len(sources), f"affine alignment of atlas {atlas.name}")
-        transform = aligner.align(atlas.image, seed)
+        transform = aligner.align(atlas.image, seed, atlas.labels)
         aligned.append(_Aligned(source, atlas.name, transform, set(atlas.labels.labels.tolist()),
                                 label_box_in_target(atlas.labels, transform)))
         covered.add(atlas.labels, transform)
