@@ -75,3 +75,14 @@ def test_memory_rows_are_taken_only_from_a_run_of_the_same_commit(bench):
     assert merged["memory"] == memory and merged["partial_fov"] == results["partial_fov"] and "side by side" in merged["note"]
     with pytest.raises(SystemExit, match="another machine or commit"):
         bench.benchmark_robustness._with_memory_of(results, {"machine": {"cpu": "x", "commit": "def"}, "memory": memory})
+
+
+def test_memory_rows_of_an_earlier_commit_are_taken_only_when_asked_and_named(bench):
+    results = {"machine": {"cpu": "x", "commit": "abc"}, "partial_fov": [_row(0.7, 0.0)], "memory": []}
+    memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
+    earlier = {"machine": {"cpu": "x", "commit": "def"}, "date": "2026-11-01", "memory": memory}
+    merged = bench.benchmark_robustness._with_memory_of(results, earlier, earlier_commit=True)
+    assert merged["memory"] == memory and "commit def" in merged["note"] and "not re-run" in merged["note"]
+    with pytest.raises(SystemExit, match="another machine or commit"):  # another machine, never
+        bench.benchmark_robustness._with_memory_of(results, {**earlier, "machine": {"cpu": "y", "commit": "def"}},
+                                                   earlier_commit=True)

@@ -232,12 +232,18 @@ def _write_section(results: dict) -> None:
     replace_section(ROOT / "BENCHMARKS.md", "robustness", ["## Robustness", ""] + lines)
 
 
-def _with_memory_of(results: dict, other: dict) -> dict:
-    """``results`` with ``other``'s memory rows; both runs must be of one commit on one machine."""
-    if other["machine"] != results["machine"]:
+def _with_memory_of(results: dict, other: dict, earlier_commit: bool = False) -> dict:
+    """``results`` with ``other``'s memory rows: a run of one commit on one machine, or (with
+    ``earlier_commit``) of another commit on this machine, which the section then names."""
+    same_machine = {k: v for k, v in other["machine"].items() if k != "commit"} == \
+        {k: v for k, v in results["machine"].items() if k != "commit"}
+    same_commit = other["machine"].get("commit") == results["machine"].get("commit")
+    if not same_machine or not (same_commit or earlier_commit):
         raise SystemExit(f"--memory-from: another machine or commit ({other['machine']} vs {results['machine']})")
-    note = "The memory rows ran side by side with the rest, in a second process."
-    return {**results, "memory": other["memory"], "note": note}
+    note = ("The memory rows ran side by side with the rest, in a second process." if same_commit else
+            f"The memory rows are not of this commit: they ran at commit {other['machine']['commit']} "
+            f"on {other['date']}, and were not re-run for this one.")
+    return {**results, "memory": other["memory"], "memory_commit": other["machine"].get("commit"), "note": note}
 
 
 def main(argv=None) -> int:
@@ -257,6 +263,8 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-from", type=Path,
                         help="with --from-json: take the memory rows from another run's JSON of the same commit "
                              "(the two halves run side by side, e.g. one --no-memory, one --pairs 0 --no-hostile)")
+    parser.add_argument("--memory-of-earlier-commit", action="store_true",
+                        help="with --memory-from: accept a run of another commit on this machine (the section says so)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.no_ants, args.no_memory = 2, True, True
@@ -265,7 +273,8 @@ def main(argv=None) -> int:
         if args.hostile_only:
             results["hostile"] = hostile()
         if args.memory_from:
-            results = _with_memory_of(results, json.loads(args.memory_from.read_text(encoding="utf-8")))
+            results = _with_memory_of(results, json.loads(args.memory_from.read_text(encoding="utf-8")),
+                                      args.memory_of_earlier_commit)
         args.out.write_text(json.dumps(results, indent=1))
         _write_section(results)
         return 0
