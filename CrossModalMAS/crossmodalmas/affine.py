@@ -155,11 +155,15 @@ class AffineAligner:
         return _affine_from(moving, self.fixed, start.GetInverse(), seed)[0].GetInverse()
 
 
-_Scored = tuple  # (transform, the search's score of it)
+_Scored = tuple[sitk.Transform, float]  # a transform and the search's score of it
+
+
+def _top(scored: Sequence[_Scored]) -> _Scored:
+    return max(scored, key=lambda pair: pair[1])
 
 
 def _best(scored: Sequence[_Scored]) -> sitk.Transform:
-    return max(scored, key=lambda pair: pair[1])[0]
+    return _top(scored)[0]
 
 
 def _preferred(header: Sequence[_Scored], searched: Sequence[_Scored]) -> sitk.Transform:
@@ -167,8 +171,8 @@ def _preferred(header: Sequence[_Scored], searched: Sequence[_Scored]) -> sitk.T
     header-based one by ``_HEADER_MARGIN``."""
     if not header or not searched:
         return _best(list(header) + list(searched))
-    best_header, best_search = (max(kind, key=lambda pair: pair[1]) for kind in (header, searched))
-    return best_header[0] if best_header[1] * _HEADER_MARGIN >= best_search[1] else best_search[0]
+    (in_header, header_score), (in_search, search_score) = _top(header), _top(searched)
+    return in_header if header_score * _HEADER_MARGIN >= search_score else in_search
 
 
 def _physical_volume(image: sitk.Image) -> float:
