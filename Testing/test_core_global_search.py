@@ -6,9 +6,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from crossmodalmas.affine import affine_align
-from crossmodalmas.global_search import GlobalSearch, _affine_of, pose_transform, rotation_about, search_orientations
+from crossmodalmas.global_search import (GlobalSearch, affine_of, field_of_view_weights, pose_transform, rotation_about,
+                                         search_orientations)
 from crossmodalmas.preprocess import transform_points_to_target
-from crossmodalmas.volume import LabelMap, Volume
+from crossmodalmas.volume import Grid, LabelMap, Volume, to_sitk
 
 SPACING = 4.0
 
@@ -129,6 +130,49 @@ def test_polish_follows_the_labels_of_a_featureless_atlas():
     assert _error_mm(atlas, _frame(), search.polish(atlas, off)) == pytest.approx(_error_mm(atlas, _frame(), off))
 
 
+def _slab_image(slices: int = 7) -> sitk.Image:
+    """A 2.5 mm slab, ``slices`` thick along S, spanning S = 0 .. slices x 2.5 mm."""
+    ijk_to_ras = np.diag([2.5, 2.5, 2.5, 1.0])
+    ijk_to_ras[:3, 3] = (-20.0, -20.0, 1.25)
+    return to_sitk(np.ones((slices, 16, 16), np.float32), ijk_to_ras)
+
+
+def test_field_of_view_weights_sum_alike_wherever_a_slab_lies_between_grid_layers():
+    slab = _slab_image()
+    grid = Grid((12, 12, 12), np.diag([7.0, 7.0, 7.0, 1.0]) @ np.array(
+        [[1, 0, 0, -5.0], [0, 1, 0, -5.0], [0, 0, 1, -3.0], [0, 0, 0, 1]]))
+    totals, layers = [], set()
+    for dz in np.arange(0.0, 7.0, 0.5):  # the slab moves across one grid spacing along S
+        weights = field_of_view_weights(slab, grid, sitk.TranslationTransform(3, (0.0, 0.0, -dz)), 7.0)
+        totals.append(weights.sum())
+        layers.add(int((weights > 0).any(axis=(1, 2)).sum()))
+    assert len(layers) == 2  # how many layers of the grid the slab touches depends on the offset ...
+    assert np.ptp(totals) == pytest.approx(0.0, abs=1e-6 * totals[0])  # ... the weights one total
+    # the slab's volume in grid voxels: 17.5 mm along S, 40 mm across
+    assert totals[0] == pytest.approx(17.5 / 7.0 * (40.0 / 7.0) ** 2, rel=1e-6)
+
+
+def test_field_of_view_weights_are_the_share_of_each_voxel_inside():
+    slab = _slab_image(slices=20)
+    grid = Grid((10, 1, 1), np.diag([1.0, 1.0, 7.0, 1.0]))  # one column along S, at S = 0, 7, .., 63 mm
+    weights = field_of_view_weights(slab, grid, sitk.Transform(), 7.0).ravel()
+    assert weights[0] == pytest.approx(0.5)  # S = 0: centred on the face
+    assert weights[1] == pytest.approx(1.0) and weights[3] == pytest.approx(1.0)  # 7 and 21 mm: wholly inside
+    assert weights[7] == pytest.approx(0.5 + 1.0 / 7.0)  # 49 mm: its centre 1 mm inside the far face
+    assert weights[8] == 0.0 and weights[9] == 0.0  # 56 and 63 mm: outside the 50 mm slab
+
+
+def test_slide_moves_a_slab_back_along_its_axis():
+    target, atlas = _case(14, 26, _frame())  # the truth is the identity
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    off = sitk.TranslationTransform(3, (0.0, 0.0, 6 * SPACING))  # 24 mm off along S
+    slid = search.slide(atlas, off, np.array([0.0, 0.0, 1.0]), reach_mm=8 * SPACING)
+    assert _error_mm(atlas, _frame(), slid) < 1e-6
+    assert search.scores(atlas, [slid])[0] > search.scores(atlas, [off])[0]
+    short = search.slide(atlas, off, np.array([0.0, 0.0, 1.0]), reach_mm=2 * SPACING)  # cannot reach it
+    assert _error_mm(atlas, _frame(), short) == pytest.approx(4 * SPACING, abs=1e-6)
+
+
 def _moved(transform, shift_lps=(0.0, 0.0, 0.0), degrees=0.0):
     """``transform`` after a rotation about the L axis and a shift (target LPS side)."""
     error = sitk.Euler3DTransform()
@@ -169,7 +213,7 @@ def test_affine_of_maps_points_as_the_transform_it_flattens():
     affine.SetTranslation((3.0, -7.0, 12.0))
     affine.SetCenter((10.0, 20.0, -5.0))
     for transform in (affine, affine.GetInverse(), _moved(affine, (1.0, 2.0, 3.0), degrees=20.0)):
-        flat = _affine_of(transform)
+        flat = affine_of(transform)
         for point in ((0.0, 0.0, 0.0), (100.0, -40.0, 250.0), (-3.5, 8.0, 1.0)):
             assert np.allclose(flat.TransformPoint(point), transform.TransformPoint(point), atol=1e-6)
 
@@ -219,17 +263,38 @@ def test_shares_of_a_slab_and_of_a_whole_pair():
 def test_only_a_partial_pair_is_polished(monkeypatch, slab, polished):
     from crossmodalmas import affine
 
-    calls = []
-    real = GlobalSearch.polish
+    calls, slides = [], []
+    real, real_slide = GlobalSearch.polish, GlobalSearch.slide
     monkeypatch.setattr(GlobalSearch, "polish", lambda self, atlas, t: calls.append(self.spacing_mm) or real(self, atlas, t))
+    monkeypatch.setattr(GlobalSearch, "slide",
+                        lambda self, *args: slides.append(self.spacing_mm) or real_slide(self, *args))
     target, atlas = _case(*slab, _frame())
     affine.AffineAligner(target).align(atlas)
     # the best header-based and the best searched transform on the search grid, then the
-    # one chosen of them on a grid twice as fine
+    # one chosen of them, slid along the slab's axis, on a grid twice as fine
     coarse, fine = GlobalSearch(target).spacing_mm, GlobalSearch(target, affine._POLISH_SPACING_MM).spacing_mm
     assert fine == pytest.approx(coarse / 2)
-    expected = [coarse, coarse, fine] if polished else []
-    assert calls == pytest.approx(expected)
+    assert calls == pytest.approx([coarse, coarse, fine] if polished else [])
+    assert slides == pytest.approx([fine] if polished else [])
+
+
+@pytest.mark.parametrize("atlas_is_slab", [True, False])
+def test_slab_axis_is_the_thin_axis_of_the_slab_seen_in_the_target(atlas_is_slab):
+    from crossmodalmas.affine import slab_axis
+
+    frame = _frame(_rot(1) @ rotation_about(0, 15.0), (40.0, 0.0, 300.0))  # head/feet, tilted, elsewhere
+    slab, whole = _grid((8, 32, 32)), _grid((40, 32, 32))
+    atlas = Volume(np.zeros((8, 32, 32) if atlas_is_slab else (40, 32, 32), np.float32),
+                   frame @ (slab if atlas_is_slab else whole))
+    target = Volume(np.zeros((40, 32, 32) if atlas_is_slab else (8, 32, 32), np.float32),
+                    whole if atlas_is_slab else slab)
+    truth = sitk.AffineTransform(3)  # target LPS -> atlas LPS: the frame, in LPS
+    flip = np.diag([-1.0, -1.0, 1.0])
+    truth.SetMatrix((flip @ frame[:3, :3] @ flip).ravel().tolist())
+    truth.SetTranslation((flip @ frame[:3, 3]).tolist())
+    shares = (0.2, 1.0) if atlas_is_slab else (1.0, 0.2)
+    axis = slab_axis(target, atlas, truth, shares)
+    assert abs(axis @ np.array([0.0, 0.0, 1.0])) == pytest.approx(1.0)  # the target's S axis either way
 
 
 def test_a_searched_transform_must_beat_the_header_by_the_margin():

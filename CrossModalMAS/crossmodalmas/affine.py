@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, pose_transform
+from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, affine_of, pose_transform
 from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_normalise
-from crossmodalmas.volume import LabelMap, Volume, to_sitk
+from crossmodalmas.volume import LPS_TO_RAS, LabelMap, Volume, to_sitk
 
 _AFFINE_SPACING_MM = 4.0  # affine alignment runs on copies resampled to this spacing, for speed
 GLOBAL_STARTS = 5  # poses of the global search refined besides the moments and centres starts
@@ -31,6 +31,9 @@ _HEADER_MARGIN = 1.05
 # affine Dice by -0.002 on average (-0.036 to +0.077) and doubled its time: there the
 # 12-parameter Mattes fit over the shared anatomy is as good.
 _POLISH_SPACING_MM = SEARCH_SPACING_MM / 2
+# Before that fine polish, the slab is slid along its thin axis up to this far either way
+# (GlobalSearch.slide): the benchmark's chosen slabs lay 9-28 mm off along it.
+_SLIDE_REACH_MM = 35.0
 _WHOLE_SHARE = 0.6
 
 
@@ -137,10 +140,14 @@ class AffineAligner:
         return list(zip(transforms, self.search.scores(ready, transforms)))
 
     def _polished(self, atlas: Volume, labels: Optional[LabelMap], transform: sitk.Transform) -> sitk.Transform:
-        """``transform`` polished on the fine search grid (made once, on first use)."""
+        """``transform`` slid along the slab's thin axis, then polished, on the fine search grid
+        (made once, on first use)."""
         if self._fine_search is None:
             self._fine_search = GlobalSearch(self._target, spacing_mm=_POLISH_SPACING_MM)
-        return self._fine_search.polish(self._fine_search.moving(atlas, labels), transform)
+        fine = self._fine_search
+        ready = fine.moving(atlas, labels)
+        axis = slab_axis(self._target, atlas, transform, fine.shares(ready, transform))
+        return fine.polish(ready, fine.slide(ready, transform, axis, _SLIDE_REACH_MM))
 
     def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int) -> sitk.Transform:
         """Rigid then affine stages from ``start``, sampling the smaller of the two images.
@@ -175,6 +182,24 @@ def _preferred(header: Sequence[_Scored], searched: Sequence[_Scored]) -> sitk.T
     return in_header if header_score * _HEADER_MARGIN >= search_score else in_search
 
 
+def slab_axis(target: Volume, atlas: Volume, transform: sitk.Transform, shares: tuple[float, float]) -> np.ndarray:
+    """The thin axis of a partial pair's slab, as a unit vector in target LPS.
+
+    The slab is the atlas when it covers a smaller share of the target than the share of it
+    inside the target (``shares``: :meth:`GlobalSearch.shares`), the target otherwise; its thin
+    axis is the grid axis of its smallest physical extent, carried into target space through
+    ``transform`` (target LPS -> atlas LPS) for an atlas.
+    """
+    atlas_is_slab = shares[0] <= shares[1]
+    grid = (atlas if atlas_is_slab else target).grid
+    extents = np.asarray(grid.shape[::-1]) * grid.spacing  # along i, j, k
+    axis = LPS_TO_RAS[:3, :3] @ grid.ijk_to_ras[:3, :3][:, int(np.argmin(extents))]
+    if atlas_is_slab:
+        matrix = np.asarray(affine_of(transform).GetMatrix()).reshape(3, 3)
+        axis = np.linalg.solve(matrix, axis)  # an atlas direction, seen in the target
+    return axis / np.linalg.norm(axis)
+
+
 def _physical_volume(image: sitk.Image) -> float:
     return float(np.prod(np.array(image.GetSize()) * np.array(image.GetSpacing())))
 
@@ -196,7 +221,8 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0, labels: Optional[
     differ (one covers under 60 % of the other), the search's unrefined poses compete too, and
     the best header-based and the best searched transform are each polished before that
     comparison: the rigid correction that most raises the measure, found by a local search on
-    the ~7 mm grid (:meth:`GlobalSearch.polish`); the winner is polished again at ~3.5 mm. A start
+    the ~7 mm grid (:meth:`GlobalSearch.polish`); the winner is slid along the slab's thin axis
+    (:meth:`GlobalSearch.slide`, :func:`slab_axis`) and polished again at ~3.5 mm. A start
     ITK gives up on is dropped; if none is left the image centres are aligned. For several
     atlases of one target, :class:`AffineAligner` does the target's part once.
 

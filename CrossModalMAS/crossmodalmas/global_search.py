@@ -131,10 +131,50 @@ def _on_ras_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> tu
     return sitk.GetArrayFromImage(values), sitk.GetArrayFromImage(inside) > 0.5
 
 
-def _labels_on_ras_grid(labels: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
-    """``labels`` on ``grid`` by nearest neighbour (``transform``: grid LPS -> label LPS)."""
+def _values_on_ras_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
+    """Values of ``image`` on ``grid``, linearly interpolated, and extended outside its field of
+    view by the nearest inside value (``transform``: grid LPS -> image LPS): a voxel centred
+    just outside a face still lies partly inside (:func:`field_of_view_weights`)."""
     reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
-    return sitk.GetArrayFromImage(sitk.Resample(labels, reference, transform, sitk.sitkNearestNeighbor, 0))
+    return sitk.GetArrayFromImage(sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32,
+                                                True))
+
+
+def field_of_view_weights(image: sitk.Image, grid: Grid, transform: sitk.Transform, voxel_mm: float) -> np.ndarray:
+    """How much of each voxel of ``grid`` (a cube ``voxel_mm`` wide) lies inside ``image``'s
+    field of view, placed by ``transform`` (grid LPS -> image LPS, affine-linear): per axis of
+    the image, 0.5 for a voxel centred on a face, rising or falling linearly over one voxel.
+
+    Why not a 0/1 mask: as a slab moves by a millimetre, one whole layer of the grid drops in
+    or out of a hard mask. Measured on a robustness-benchmark slab 11 layers thick on the
+    3.5 mm grid, the overlap jumped between 11 and 12 layers (9 %) every few millimetres, and
+    ``N * MI`` with it: it peaked wherever one more layer fitted in, up to 18 mm from the
+    truth. These shares sum to the slab's thickness in voxels at every offset (exactly for a
+    face along a grid axis, nearly so when turned), so the score varies as smoothly as the
+    anatomy does.
+
+    Returns:
+        ``grid.shape`` float weights in [0, 1].
+    """
+    kji = np.indices(grid.shape).reshape(3, -1).T
+    points = grid.ijk_to_points(kji[:, ::-1]) @ LPS_TO_RAS[:3, :3]  # RAS -> LPS (the flip is its own inverse)
+    placed = affine_of(transform)
+    in_image = np.asarray(placed.GetMatrix()).reshape(3, 3)
+    centre, shift = np.asarray(placed.GetCenter()), np.asarray(placed.GetTranslation())
+    moved = (points - centre) @ in_image.T + centre + shift
+    index_to_lps = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    index = np.linalg.solve(index_to_lps, (moved - np.asarray(image.GetOrigin())).T).T  # continuous (i, j, k)
+    size = np.asarray(image.GetSize(), float)
+    depth_mm = np.minimum(index + 0.5, size - 0.5 - index) * np.asarray(image.GetSpacing())  # < 0 outside
+    return np.clip(0.5 + depth_mm / voxel_mm, 0.0, 1.0).prod(axis=1).reshape(grid.shape)
+
+
+def _labels_on_ras_grid(labels: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
+    """``labels`` on ``grid`` by nearest neighbour, extended outside their field of view as
+    :func:`_values_on_ras_grid` extends values (``transform``: grid LPS -> label LPS)."""
+    reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
+    return sitk.GetArrayFromImage(sitk.Resample(labels, reference, transform, sitk.sitkNearestNeighbor, 0,
+                                                labels.GetPixelID(), True))
 
 
 def _quantile_bins(values: np.ndarray, inside: np.ndarray, edges: Optional[np.ndarray] = None):
@@ -359,7 +399,7 @@ class GlobalSearch:
             An affine transform, target LPS -> atlas LPS.
         """
         atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
-        start = _affine_of(transform)
+        start = affine_of(transform)
         centre = self._overlap_centre(atlas.smoothed, start)
 
         def corrected(parameters: np.ndarray) -> sitk.Transform:
@@ -378,7 +418,34 @@ class GlobalSearch:
         steps = np.diag([_POLISH_STEP_DEG] * 3 + [1.0] * 3)
         found = minimize(cost, np.zeros(6), method="Powell", options={"direc": steps, "xtol": 0.05, "ftol": 1e-4})
         best = found.x if found.fun < cost(np.zeros(6)) else np.zeros(6)
-        return _affine_of(corrected(best))
+        return affine_of(corrected(best))
+
+    def slide(self, atlas: Union[Volume, MovingImage], transform: sitk.Transform, axis_lps: np.ndarray,
+              reach_mm: float) -> sitk.AffineTransform:
+        """``transform`` with the atlas moved along ``axis_lps`` by whichever offset, in steps of
+        the grid spacing up to ``reach_mm`` either way, scores best (the offset 0 included, so the
+        result never scores lower than the start).
+
+        A slab's position along its thin axis is the weakest-held parameter of a partial pair:
+        the score rises over a broad plateau there, on which :meth:`polish`'s line searches
+        stop. Measured on a robustness-benchmark slab whose every candidate lay 28 mm off along
+        it, the polish stopped 24 mm off; the score's maximum along the axis was 3 mm from the
+        truth.
+
+        Args:
+            atlas: the moving image (or its :meth:`moving` form).
+            transform: affine-linear, target LPS -> atlas LPS.
+            axis_lps: the direction to slide along, in target LPS (any length but zero).
+            reach_mm: the largest offset tried either way.
+
+        Returns:
+            An affine transform, target LPS -> atlas LPS.
+        """
+        atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
+        axis = np.asarray(axis_lps, float) / np.linalg.norm(axis_lps)
+        steps = int(round(reach_mm / self.spacing_mm))
+        placed = [_translated(transform, k * self.spacing_mm * axis) for k in range(-steps, steps + 1)]
+        return placed[int(np.argmax(self.scores(atlas, placed)))]
 
     def shares(self, atlas: Union[Volume, MovingImage], transform: sitk.Transform) -> tuple[float, float]:
         """How much the two fields of view overlap when ``transform`` places the atlas.
@@ -406,19 +473,21 @@ class GlobalSearch:
         return LPS_TO_RAS[:3, :3] @ ras
 
     def _score(self, atlas: MovingImage, transform: sitk.Transform) -> float:
-        values, inside = _on_ras_grid(atlas.smoothed, self.fixed.grid, transform)
-        atlas_bins, _ = _quantile_bins(values, inside, atlas.edges)
-        both = (atlas_bins >= 0) & (self.fixed.bins >= 0)
-        classes = atlas_bins[both].astype(np.int64)
+        """``N * MI`` of one placement; each voxel counts by its :func:`field_of_view_weights`."""
+        grid = self.fixed.grid
+        weights = field_of_view_weights(atlas.smoothed, grid, transform, self.spacing_mm)
+        both = (weights > 0) & (self.fixed.bins >= 0)
+        values = _values_on_ras_grid(atlas.smoothed, grid, transform)
+        classes = np.digitize(values[both], atlas.edges).astype(np.int64)
         if atlas.labels is not None:
-            structures = _labels_on_ras_grid(atlas.labels, self.fixed.grid, transform)[both]
+            structures = _labels_on_ras_grid(atlas.labels, grid, transform)[both]
             classes += np.unique(structures, return_inverse=True)[1].reshape(-1).astype(np.int64) * BINS
         rows = int(classes.max()) + 1 if classes.size else 1
-        joint = np.bincount(classes * BINS + self.fixed.bins[both], minlength=rows * BINS)
-        return _information(joint.reshape(rows, BINS).astype(float))
+        joint = np.bincount(classes * BINS + self.fixed.bins[both], weights=weights[both], minlength=rows * BINS)
+        return _information(joint.reshape(rows, BINS))
 
 
-def _affine_of(transform: sitk.Transform) -> sitk.AffineTransform:
+def affine_of(transform: sitk.Transform) -> sitk.AffineTransform:
     """Any affine-linear transform (affine, rigid, their inverses and composites) as one
     :class:`SimpleITK.AffineTransform`, read off the images of the origin and the unit points."""
     origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
@@ -427,6 +496,16 @@ def _affine_of(transform: sitk.Transform) -> sitk.AffineTransform:
     affine.SetMatrix(np.stack(columns, axis=1).ravel().tolist())
     affine.SetTranslation(origin.tolist())
     return affine
+
+
+def _translated(transform: sitk.Transform, atlas_shift_lps: np.ndarray) -> sitk.AffineTransform:
+    """``transform`` (target LPS -> atlas LPS) with the atlas it places moved by ``atlas_shift_lps``
+    in target space: each target point is looked up that much the other way."""
+    shift = sitk.TranslationTransform(3, tuple(-np.asarray(atlas_shift_lps, float)))
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(transform)
+    composite.AddTransform(shift)  # applied first
+    return affine_of(composite)
 
 
 def pose_transform(pose: Pose) -> sitk.Euler3DTransform:
