@@ -6,7 +6,7 @@ import pytest
 
 from conftest import import_scripts
 
-MODULES = ("robustness_cases", "benchmark_robustness")
+MODULES = ("robustness_cases", "benchmark_robustness", "partial_pair_profile")
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,21 @@ def test_atlas_slab_truth_is_the_slab_only(bench):
     assert 0 < len(rows) <= atlas.shape[0] + 2  # the truth spans the slab's slices, no more
     assert pair.labels and all(label < 100 for label in pair.labels)  # organs only
     assert np.linalg.norm(atlas.ijk_to_ras[:3, 3] - target.ijk_to_ras[:3, 3]) > 50.0  # another frame
+
+
+def test_true_transform_lays_the_atlas_on_the_target_slab(bench):
+    pair = bench.robustness_cases.partial_pair(0)  # an atlas slab in another scanner frame
+    placed = bench.partial_pair_profile.placed_labels(pair, bench.robustness_cases.true_transform(pair))
+    on_truth = bench.robustness_cases.mean_dice(placed, pair.truth.array, pair.labels)
+    assert on_truth > 0.4  # two subjects: their organs overlap, not exactly
+    assert set(np.flatnonzero(placed.any(axis=(1, 2)))) == set(np.flatnonzero(pair.truth.array.any(axis=(1, 2))))
+
+
+def test_profile_puts_the_best_organ_overlap_at_the_pose_the_pair_was_made_with(bench):
+    rows = bench.partial_pair_profile.profile(0, reach_mm=20.0, step_mm=10.0)
+    assert [offset for offset, _, _ in rows] == pytest.approx([-20.0, -10.0, 0.0, 10.0, 20.0])
+    dice = [d for _, _, d in rows]
+    assert int(np.argmax(dice)) == 2 and dice[0] < dice[2] > dice[4]
 
 
 def test_mean_dice_counts_each_label(bench):

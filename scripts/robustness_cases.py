@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 
 from crossmodalmas.abdomen_phantom import ABDOMEN_FOV_MM, AbdomenLabel, abdomen_label_map, random_abdomen_anatomy
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.global_search import rotation_about
 from crossmodalmas.phantoms import make_grid
-from crossmodalmas.volume import LabelMap, Volume
+from crossmodalmas.volume import LPS_TO_RAS, LabelMap, Volume
 from registration_cases import render_contrast
 
 SPACING_MM = 2.5
@@ -41,6 +42,7 @@ class PartialPair:
     truth: LabelMap  # the target's labels where the atlas has data, 0 elsewhere
     atlas: Atlas
     labels: tuple[int, ...]
+    frame: np.ndarray  # 4x4 RAS -> RAS: the atlas's scanner frame (see true_transform)
 
 
 def _grid(extent_si: float, centre_s: float):
@@ -71,13 +73,26 @@ def partial_pair(seed: int) -> PartialPair:
     target_labels = abdomen_label_map(random_abdomen_anatomy(rng), target_grid).array
     atlas_labels = abdomen_label_map(random_abdomen_anatomy(rng), atlas_grid).array
     target = Volume(render_contrast(target_labels, rng), target_grid.ijk_to_ras)
-    frame = _scanner_frame(rng, mix_up) @ atlas_grid.ijk_to_ras
+    scanner = _scanner_frame(rng, mix_up)
+    frame = scanner @ atlas_grid.ijk_to_ras
     atlas = Atlas(f"atlas{seed}", Volume(render_contrast(atlas_labels, rng), frame), LabelMap(atlas_labels, frame))
     covered = _inside_slab(target_grid, slab) if kind == "atlas slab" else np.ones(target_grid.shape, bool)
     truth = np.where(covered, target_labels, 0).astype(np.int32)
     scored = tuple(int(v) for v in np.unique(truth) if v != 0 and v not in _NOT_SCORED)
     return PartialPair(f"pair{seed}", kind, fraction, mix_up, target, LabelMap(truth, target_grid.ijk_to_ras),
-                       atlas, scored)
+                       atlas, scored, scanner)
+
+
+def true_transform(pair: PartialPair) -> sitk.AffineTransform:
+    """The pose the pair was made with, as the pipeline's affine steps give theirs: target LPS
+    -> atlas LPS (both abdomens were laid out in one anatomical frame; the atlas's scanner frame
+    moved it). Between two subjects it is the truth of the layout, not necessarily the pose
+    that best overlaps their organs."""
+    flip = LPS_TO_RAS[:3, :3]
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix((flip @ pair.frame[:3, :3] @ flip).ravel().tolist())
+    transform.SetTranslation((flip @ pair.frame[:3, 3]).tolist())
+    return transform
 
 
 def _inside_slab(grid, slab) -> np.ndarray:

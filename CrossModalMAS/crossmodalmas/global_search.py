@@ -444,7 +444,7 @@ class GlobalSearch:
         atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
         axis = np.asarray(axis_lps, float) / np.linalg.norm(axis_lps)
         steps = int(round(reach_mm / self.spacing_mm))
-        placed = [_translated(transform, k * self.spacing_mm * axis) for k in range(-steps, steps + 1)]
+        placed = [translated(transform, k * self.spacing_mm * axis) for k in range(-steps, steps + 1)]
         return placed[int(np.argmax(self.scores(atlas, placed)))]
 
     def shares(self, atlas: Union[Volume, MovingImage], transform: sitk.Transform) -> tuple[float, float]:
@@ -498,7 +498,7 @@ def affine_of(transform: sitk.Transform) -> sitk.AffineTransform:
     return affine
 
 
-def _translated(transform: sitk.Transform, atlas_shift_lps: np.ndarray) -> sitk.AffineTransform:
+def translated(transform: sitk.Transform, atlas_shift_lps: np.ndarray) -> sitk.AffineTransform:
     """``transform`` (target LPS -> atlas LPS) with the atlas it places moved by ``atlas_shift_lps``
     in target space: each target point is looked up that much the other way."""
     shift = sitk.TranslationTransform(3, tuple(-np.asarray(atlas_shift_lps, float)))
