@@ -18,7 +18,8 @@ import SimpleITK as sitk
 
 from robustness_cases import mean_dice, partial_pair, true_transform
 from crossmodalmas.affine import _POLISH_SPACING_MM, slab_axis
-from crossmodalmas.global_search import GlobalSearch, translated
+from crossmodalmas.global_search import GlobalSearch
+from crossmodalmas.search_grid import translated
 from crossmodalmas.volume import to_sitk
 
 

@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, affine_of, pose_transform
+from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, pose_transform
+from crossmodalmas.search_grid import affine_of
 from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_normalise
 from crossmodalmas.volume import LPS_TO_RAS, LabelMap, Volume, to_sitk
 

@@ -33,6 +33,8 @@ import torch
 from scipy.optimize import minimize
 
 from crossmodalmas.preprocess import gaussian_smooth
+from crossmodalmas.search_grid import (affine_of, field_of_view_weights, labels_on_ras_grid, on_ras_grid, ras_grid,
+                                       ras_to_lps_affine, translated, values_on_ras_grid)
 from crossmodalmas.volume import LPS_TO_RAS, Grid, LabelMap, Volume, to_sitk
 
 SEARCH_SPACING_MM = 7.0  # coarse enough for an exhaustive search, fine enough that organs span voxels
@@ -99,82 +101,10 @@ class _Binned:
     grid: Grid
 
 
-def _ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: float) -> Grid:
-    size = np.maximum(np.ceil((hi - lo) / spacing).astype(int) + 1, 1)
-    ijk_to_ras = np.diag([spacing, spacing, spacing, 1.0])
-    ijk_to_ras[:3, 3] = lo
-    return Grid(tuple(int(s) for s in size[::-1]), ijk_to_ras)
-
-
-def _ras_to_lps_affine(matrix: np.ndarray, offset: np.ndarray) -> sitk.AffineTransform:
-    """``y -> matrix @ y + offset`` in RAS, as a SimpleITK transform in LPS."""
-    flip = LPS_TO_RAS[:3, :3]
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix((flip @ matrix @ flip).ravel().tolist())
-    transform.SetTranslation((flip @ offset).tolist())
-    return transform
-
-
 def _smoothed(volume: Volume, spacing: float) -> sitk.Image:
     image = to_sitk(volume.array.astype(np.float32), volume.ijk_to_ras)
     sigma = [max(spacing - s, 0.0) / 2.0 for s in image.GetSpacing()]  # anti-aliasing before the coarse grid
     return gaussian_smooth(image, sigma)
-
-
-def _on_ras_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
-    """Values and field-of-view mask of ``image`` on ``grid`` (``transform``: grid LPS -> image LPS)."""
-    reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
-    values = sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    ones = sitk.Image(image.GetSize(), sitk.sitkFloat32) + 1.0
-    ones.CopyInformation(image)
-    inside = sitk.Resample(ones, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(values), sitk.GetArrayFromImage(inside) > 0.5
-
-
-def _values_on_ras_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
-    """Values of ``image`` on ``grid``, linearly interpolated, and extended outside its field of
-    view by the nearest inside value (``transform``: grid LPS -> image LPS): a voxel centred
-    just outside a face still lies partly inside (:func:`field_of_view_weights`)."""
-    reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
-    return sitk.GetArrayFromImage(sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32,
-                                                True))
-
-
-def field_of_view_weights(image: sitk.Image, grid: Grid, transform: sitk.Transform, voxel_mm: float) -> np.ndarray:
-    """How much of each voxel of ``grid`` (a cube ``voxel_mm`` wide) lies inside ``image``'s
-    field of view, placed by ``transform`` (grid LPS -> image LPS, affine-linear): per axis of
-    the image, 0.5 for a voxel centred on a face, rising or falling linearly over one voxel.
-
-    Why not a 0/1 mask: as a slab moves by a millimetre, one whole layer of the grid drops in
-    or out of a hard mask. Measured on a robustness-benchmark slab 11 layers thick on the
-    3.5 mm grid, the overlap jumped between 11 and 12 layers (9 %) every few millimetres, and
-    ``N * MI`` with it: it peaked wherever one more layer fitted in, up to 18 mm from the
-    truth. These shares sum to the slab's thickness in voxels at every offset (exactly for a
-    face along a grid axis, nearly so when turned), so the score varies as smoothly as the
-    anatomy does.
-
-    Returns:
-        ``grid.shape`` float weights in [0, 1].
-    """
-    kji = np.indices(grid.shape).reshape(3, -1).T
-    points = grid.ijk_to_points(kji[:, ::-1]) @ LPS_TO_RAS[:3, :3]  # RAS -> LPS (the flip is its own inverse)
-    placed = affine_of(transform)
-    in_image = np.asarray(placed.GetMatrix()).reshape(3, 3)
-    centre, shift = np.asarray(placed.GetCenter()), np.asarray(placed.GetTranslation())
-    moved = (points - centre) @ in_image.T + centre + shift
-    index_to_lps = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
-    index = np.linalg.solve(index_to_lps, (moved - np.asarray(image.GetOrigin())).T).T  # continuous (i, j, k)
-    size = np.asarray(image.GetSize(), float)
-    depth_mm = np.minimum(index + 0.5, size - 0.5 - index) * np.asarray(image.GetSpacing())  # < 0 outside
-    return np.clip(0.5 + depth_mm / voxel_mm, 0.0, 1.0).prod(axis=1).reshape(grid.shape)
-
-
-def _labels_on_ras_grid(labels: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
-    """``labels`` on ``grid`` by nearest neighbour, extended outside their field of view as
-    :func:`_values_on_ras_grid` extends values (``transform``: grid LPS -> label LPS)."""
-    reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
-    return sitk.GetArrayFromImage(sitk.Resample(labels, reference, transform, sitk.sitkNearestNeighbor, 0,
-                                                labels.GetPixelID(), True))
 
 
 def _quantile_bins(values: np.ndarray, inside: np.ndarray, edges: Optional[np.ndarray] = None):
@@ -191,9 +121,9 @@ def _binned(corners_ras: np.ndarray, smoothed: sitk.Image, spacing: float, rotat
     turned by ``rotation`` about ``centre``, binned on the axis-aligned grid around it (with its
     own quantiles, unless ``edges`` given)."""
     corners = corners_ras @ rotation.T + (centre - rotation @ centre)
-    grid = _ras_grid(corners.min(0), corners.max(0), spacing)
-    to_source = _ras_to_lps_affine(rotation.T, centre - rotation.T @ centre)  # grid point -> source point
-    values, inside = _on_ras_grid(smoothed, grid, to_source)
+    grid = ras_grid(corners.min(0), corners.max(0), spacing)
+    to_source = ras_to_lps_affine(rotation.T, centre - rotation.T @ centre)  # grid point -> source point
+    values, inside = on_ras_grid(smoothed, grid, to_source)
     bins, edges = _quantile_bins(values, inside, edges)
     return _Binned(bins, grid.ijk_to_ras[:3, 3].copy(), edges, grid)
 
@@ -461,7 +391,7 @@ class GlobalSearch:
 
     def _overlap(self, smoothed: sitk.Image, transform: sitk.Transform) -> np.ndarray:
         """Search-grid voxels inside both the target and the atlas placed by ``transform``."""
-        _, inside = _on_ras_grid(smoothed, self.fixed.grid, transform)
+        _, inside = on_ras_grid(smoothed, self.fixed.grid, transform)
         return inside & (self.fixed.bins >= 0)
 
     def _overlap_centre(self, smoothed: sitk.Image, transform: sitk.Transform) -> np.ndarray:
@@ -477,35 +407,14 @@ class GlobalSearch:
         grid = self.fixed.grid
         weights = field_of_view_weights(atlas.smoothed, grid, transform, self.spacing_mm)
         both = (weights > 0) & (self.fixed.bins >= 0)
-        values = _values_on_ras_grid(atlas.smoothed, grid, transform)
+        values = values_on_ras_grid(atlas.smoothed, grid, transform)
         classes = np.digitize(values[both], atlas.edges).astype(np.int64)
         if atlas.labels is not None:
-            structures = _labels_on_ras_grid(atlas.labels, grid, transform)[both]
+            structures = labels_on_ras_grid(atlas.labels, grid, transform)[both]
             classes += np.unique(structures, return_inverse=True)[1].reshape(-1).astype(np.int64) * BINS
         rows = int(classes.max()) + 1 if classes.size else 1
         joint = np.bincount(classes * BINS + self.fixed.bins[both], weights=weights[both], minlength=rows * BINS)
         return _information(joint.reshape(rows, BINS))
-
-
-def affine_of(transform: sitk.Transform) -> sitk.AffineTransform:
-    """Any affine-linear transform (affine, rigid, their inverses and composites) as one
-    :class:`SimpleITK.AffineTransform`, read off the images of the origin and the unit points."""
-    origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
-    columns = [np.array(transform.TransformPoint(tuple(axis))) - origin for axis in np.eye(3)]
-    affine = sitk.AffineTransform(3)
-    affine.SetMatrix(np.stack(columns, axis=1).ravel().tolist())
-    affine.SetTranslation(origin.tolist())
-    return affine
-
-
-def translated(transform: sitk.Transform, atlas_shift_lps: np.ndarray) -> sitk.AffineTransform:
-    """``transform`` (target LPS -> atlas LPS) with the atlas it places moved by ``atlas_shift_lps``
-    in target space: each target point is looked up that much the other way."""
-    shift = sitk.TranslationTransform(3, tuple(-np.asarray(atlas_shift_lps, float)))
-    composite = sitk.CompositeTransform(3)
-    composite.AddTransform(transform)
-    composite.AddTransform(shift)  # applied first
-    return affine_of(composite)
 
 
 def pose_transform(pose: Pose) -> sitk.Euler3DTransform:

@@ -1,0 +1,107 @@
+"""Images sampled on the global search's axis-aligned RAS grids: values, labels and how much of
+each grid voxel an image's field of view covers; and the affine-linear transform helpers the
+search and the affine step share.
+
+Transforms map grid (target) LPS points to image (atlas) LPS points, as SimpleITK's do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from crossmodalmas.volume import LPS_TO_RAS, Grid, to_sitk
+
+
+def ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: float) -> Grid:
+    """The axis-aligned RAS grid at ``spacing`` mm with voxel (0, 0, 0) at ``lo``, reaching ``hi``."""
+    size = np.maximum(np.ceil((hi - lo) / spacing).astype(int) + 1, 1)
+    ijk_to_ras = np.diag([spacing, spacing, spacing, 1.0])
+    ijk_to_ras[:3, 3] = lo
+    return Grid(tuple(int(s) for s in size[::-1]), ijk_to_ras)
+
+
+def ras_to_lps_affine(matrix: np.ndarray, offset: np.ndarray) -> sitk.AffineTransform:
+    """``y -> matrix @ y + offset`` in RAS, as a SimpleITK transform in LPS."""
+    flip = LPS_TO_RAS[:3, :3]
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix((flip @ matrix @ flip).ravel().tolist())
+    transform.SetTranslation((flip @ offset).tolist())
+    return transform
+
+
+def on_ras_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
+    """Values and field-of-view mask of ``image`` on ``grid`` (``transform``: grid LPS -> image LPS)."""
+    reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
+    values = sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ones = sitk.Image(image.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(image)
+    inside = sitk.Resample(ones, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(values), sitk.GetArrayFromImage(inside) > 0.5
+
+
+def values_on_ras_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
+    """Values of ``image`` on ``grid``, linearly interpolated, and extended outside its field of
+    view by the nearest inside value (``transform``: grid LPS -> image LPS): a voxel centred
+    just outside a face still lies partly inside (:func:`field_of_view_weights`)."""
+    reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
+    return sitk.GetArrayFromImage(sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32,
+                                                True))
+
+
+def field_of_view_weights(image: sitk.Image, grid: Grid, transform: sitk.Transform, voxel_mm: float) -> np.ndarray:
+    """How much of each voxel of ``grid`` (a cube ``voxel_mm`` wide) lies inside ``image``'s
+    field of view, placed by ``transform`` (grid LPS -> image LPS, affine-linear): per axis of
+    the image, 0.5 for a voxel centred on a face, rising or falling linearly over one voxel.
+
+    Why not a 0/1 mask: as a slab moves by a millimetre, one whole layer of the grid drops in
+    or out of a hard mask. Measured on a robustness-benchmark slab 11 layers thick on the
+    3.5 mm grid, the overlap jumped between 11 and 12 layers (9 %) every few millimetres, and
+    ``N * MI`` with it: it peaked wherever one more layer fitted in, up to 18 mm from the
+    truth. These shares sum to the slab's thickness in voxels at every offset (exactly for a
+    face along a grid axis, nearly so when turned), so the score varies as smoothly as the
+    anatomy does.
+
+    Returns:
+        ``grid.shape`` float weights in [0, 1].
+    """
+    kji = np.indices(grid.shape).reshape(3, -1).T
+    points = grid.ijk_to_points(kji[:, ::-1]) @ LPS_TO_RAS[:3, :3]  # RAS -> LPS (the flip is its own inverse)
+    placed = affine_of(transform)
+    in_image = np.asarray(placed.GetMatrix()).reshape(3, 3)
+    centre, shift = np.asarray(placed.GetCenter()), np.asarray(placed.GetTranslation())
+    moved = (points - centre) @ in_image.T + centre + shift
+    index_to_lps = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    index = np.linalg.solve(index_to_lps, (moved - np.asarray(image.GetOrigin())).T).T  # continuous (i, j, k)
+    size = np.asarray(image.GetSize(), float)
+    depth_mm = np.minimum(index + 0.5, size - 0.5 - index) * np.asarray(image.GetSpacing())  # < 0 outside
+    return np.clip(0.5 + depth_mm / voxel_mm, 0.0, 1.0).prod(axis=1).reshape(grid.shape)
+
+
+def labels_on_ras_grid(labels: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
+    """``labels`` on ``grid`` by nearest neighbour, extended outside their field of view as
+    :func:`values_on_ras_grid` extends values (``transform``: grid LPS -> label LPS)."""
+    reference = to_sitk(np.zeros(grid.shape, np.uint8), grid.ijk_to_ras)
+    return sitk.GetArrayFromImage(sitk.Resample(labels, reference, transform, sitk.sitkNearestNeighbor, 0,
+                                                labels.GetPixelID(), True))
+
+
+def affine_of(transform: sitk.Transform) -> sitk.AffineTransform:
+    """Any affine-linear transform (affine, rigid, their inverses and composites) as one
+    :class:`SimpleITK.AffineTransform`, read off the images of the origin and the unit points."""
+    origin = np.array(transform.TransformPoint((0.0, 0.0, 0.0)))
+    columns = [np.array(transform.TransformPoint(tuple(axis))) - origin for axis in np.eye(3)]
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(np.stack(columns, axis=1).ravel().tolist())
+    affine.SetTranslation(origin.tolist())
+    return affine
+
+
+def translated(transform: sitk.Transform, atlas_shift_lps: np.ndarray) -> sitk.AffineTransform:
+    """``transform`` (target LPS -> atlas LPS) with the atlas it places moved by ``atlas_shift_lps``
+    in target space: each target point is looked up that much the other way."""
+    shift = sitk.TranslationTransform(3, tuple(-np.asarray(atlas_shift_lps, float)))
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(transform)
+    composite.AddTransform(shift)  # applied first
+    return affine_of(composite)
