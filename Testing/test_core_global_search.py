@@ -8,6 +8,7 @@ from scipy import ndimage
 from crossmodalmas.affine import affine_align
 from crossmodalmas.global_search import GlobalSearch, pose_transform, rotation_about, search_orientations
 from crossmodalmas.preprocess import transform_points_to_target
+from crossmodalmas.search_grid import ras_to_lps_affine
 from crossmodalmas.volume import LabelMap, Volume
 
 SPACING = 4.0
@@ -244,10 +245,7 @@ def test_slab_axis_is_the_thin_axis_of_the_slab_seen_in_the_target(atlas_is_slab
                    frame @ (slab if atlas_is_slab else whole))
     target = Volume(np.zeros((40, 32, 32) if atlas_is_slab else (8, 32, 32), np.float32),
                     whole if atlas_is_slab else slab)
-    truth = sitk.AffineTransform(3)  # target LPS -> atlas LPS: the frame, in LPS
-    flip = np.diag([-1.0, -1.0, 1.0])
-    truth.SetMatrix((flip @ frame[:3, :3] @ flip).ravel().tolist())
-    truth.SetTranslation((flip @ frame[:3, 3]).tolist())
+    truth = ras_to_lps_affine(frame[:3, :3], frame[:3, 3])  # target LPS -> atlas LPS: the frame, in LPS
     shares = (0.2, 1.0) if atlas_is_slab else (1.0, 0.2)
     axis = slab_axis(target, atlas, truth, shares)
     assert abs(axis @ np.array([0.0, 0.0, 1.0])) == pytest.approx(1.0)  # the target's S axis either way

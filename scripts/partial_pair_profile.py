@@ -19,15 +19,13 @@ import SimpleITK as sitk
 from robustness_cases import mean_dice, partial_pair, true_transform
 from crossmodalmas.affine import _POLISH_SPACING_MM, slab_axis
 from crossmodalmas.global_search import GlobalSearch
+from crossmodalmas.preprocess import resample
 from crossmodalmas.search_grid import translated
-from crossmodalmas.volume import to_sitk
 
 
 def placed_labels(pair, transform: sitk.Transform) -> np.ndarray:
     """The atlas's labels on the target's grid through ``transform`` (nearest neighbour)."""
-    reference = to_sitk(np.zeros(pair.target.grid.shape, np.uint8), pair.target.ijk_to_ras)
-    labels = to_sitk(pair.atlas.labels.array.astype(np.int32), pair.atlas.labels.ijk_to_ras)
-    return sitk.GetArrayFromImage(sitk.Resample(labels, reference, transform, sitk.sitkNearestNeighbor, 0))
+    return resample(pair.atlas.labels.array, pair.atlas.labels.ijk_to_ras, pair.target.grid, transform, labels=True)
 
 
 def profile(seed: int, reach_mm: float, step_mm: float) -> list[tuple[float, float, float]]:

@@ -23,7 +23,8 @@ from crossmodalmas.abdomen_phantom import ABDOMEN_FOV_MM, AbdomenLabel, abdomen_
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.global_search import rotation_about
 from crossmodalmas.phantoms import make_grid
-from crossmodalmas.volume import LPS_TO_RAS, LabelMap, Volume
+from crossmodalmas.search_grid import ras_to_lps_affine
+from crossmodalmas.volume import LabelMap, Volume
 from registration_cases import render_contrast
 
 SPACING_MM = 2.5
@@ -88,11 +89,7 @@ def true_transform(pair: PartialPair) -> sitk.AffineTransform:
     -> atlas LPS (both abdomens were laid out in one anatomical frame; the atlas's scanner frame
     moved it). Between two subjects it is the truth of the layout, not necessarily the pose
     that best overlaps their organs."""
-    flip = LPS_TO_RAS[:3, :3]
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix((flip @ pair.frame[:3, :3] @ flip).ravel().tolist())
-    transform.SetTranslation((flip @ pair.frame[:3, 3]).tolist())
-    return transform
+    return ras_to_lps_affine(pair.frame[:3, :3], pair.frame[:3, 3])
 
 
 def _inside_slab(grid, slab) -> np.ndarray:

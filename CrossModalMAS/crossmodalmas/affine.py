@@ -13,8 +13,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, pose_transform
-from crossmodalmas.search_grid import affine_of
 from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_normalise
+from crossmodalmas.search_grid import affine_of
 from crossmodalmas.volume import LPS_TO_RAS, LabelMap, Volume, to_sitk
 
 _AFFINE_SPACING_MM = 4.0  # affine alignment runs on copies resampled to this spacing, for speed
