@@ -65,7 +65,15 @@ def test_found_share_and_verdict(bench):
     lines = "\n".join(bench.benchmark_robustness._partial_lines(rows))
     assert "| ours | 9 / 10 | 90% | 10 |" in lines and "90%, met." in lines
     missed = "\n".join(bench.benchmark_robustness._partial_lines([_row(0.7, 0.0), _row(0.1, 0.0)]))
-    assert "50%, **missed**." in missed
+    assert "50%, **missed**." in missed and "control" not in missed
+
+
+def test_control_column_is_shown_but_never_judged(bench):
+    control = bench.benchmark_robustness.CONTROL
+    rows = [dict(_row(0.1, 0.0), **{control: {"dice": 0.9, "seconds": 12.0}})] * 2
+    lines = "\n".join(bench.benchmark_robustness._partial_lines(rows))
+    assert f"| {control} | 2 / 2 | 100% | 12 |" in lines
+    assert "0%, **missed**." in lines and "The control is not a result" in lines
 
 
 def test_memory_table_states_the_bound(bench):
@@ -101,3 +109,14 @@ def test_memory_rows_of_an_earlier_commit_are_taken_only_when_asked_and_named(be
     with pytest.raises(SystemExit, match="another machine or commit"):  # another machine, never
         bench.benchmark_robustness._with_memory_of(results, {**earlier, "machine": {"cpu": "y", "commit": "def"}},
                                                    earlier_commit=True)
+
+
+def test_same_anatomy_twin_differs_from_its_pair_only_in_the_atlas_anatomy(bench):
+    cases = bench.robustness_cases
+    pair, twin = cases.partial_pair(0), cases.partial_pair(0, same_anatomy=True)
+    assert np.array_equal(pair.target.array, twin.target.array) and np.array_equal(pair.truth.array, twin.truth.array)
+    assert np.array_equal(pair.frame, twin.frame) and pair.atlas.labels.array.shape == twin.atlas.labels.array.shape
+    assert not np.array_equal(pair.atlas.labels.array, twin.atlas.labels.array)
+    placed = bench.partial_pair_profile.placed_labels(twin, cases.true_transform(twin))
+    # the target's own organs, resampled through a tilt: all but the voxels on organ boundaries
+    assert cases.mean_dice(placed, twin.truth.array, twin.labels) > 0.9
