@@ -120,3 +120,9 @@ def test_same_anatomy_twin_differs_from_its_pair_only_in_the_atlas_anatomy(bench
     placed = bench.partial_pair_profile.placed_labels(twin, cases.true_transform(twin))
     # the target's own organs, resampled through a tilt: all but the voxels on organ boundaries
     assert cases.mean_dice(placed, twin.truth.array, twin.labels) > 0.9
+
+
+def test_profile_of_a_same_anatomy_control_peaks_at_the_pose(bench, capsys):
+    assert bench.partial_pair_profile.main(["--pairs", "0", "--reach", "6", "--step", "6", "--same-anatomy"]) == 0
+    out = capsys.readouterr().out
+    assert "pair0 (same anatomy): score peaks at +0 mm, organ Dice at +0 mm" in out
