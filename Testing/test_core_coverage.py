@@ -107,6 +107,34 @@ def test_the_registration_matches_a_slab_inside_its_field_of_view_only(monkeypat
     assert seen["support"][1 - slab].all()
 
 
+def test_qc_judges_a_slab_atlas_on_its_own_anatomy(monkeypatch):
+    from crossmodalmas import qc
+
+    image, _ = phantom(0, "ct")
+    whole_image, whole_labels = phantom(2, "mr", shape=(48, 48, 48))
+    calls = []
+
+    def similarity(a, b, where=None):
+        calls.append((where, real_similarity(a, b)))
+        return real_similarity(a, b, where)
+
+    def registration(*args, support, **kwargs):
+        calls.append(("registration", support))
+        return real_registration(*args, support=support, **kwargs)
+
+    real_similarity, real_registration = qc.descriptor_similarity, pipeline.deformable_registration
+    monkeypatch.setattr(pipeline, "descriptor_similarity", similarity)
+    monkeypatch.setattr(qc, "descriptor_similarity", similarity)
+    monkeypatch.setattr(pipeline, "deformable_registration", registration)
+    options = SegmentOptions(model="instance-opt", refine_iterations=1, fusion="mv")
+    result = segment(image, [Atlas("whole", whole_image, whole_labels), _slab_atlas()], options)
+    (_, support), (before_where, before_everywhere), (after_where, after_everywhere) = calls
+    assert before_where is support and after_where is support  # where it was matched, before and after
+    slab = result.atlas_names.index("slab")
+    assert result.qc[slab].similarity_before > float(before_everywhere[slab])  # not marked down for what it lacks
+    assert result.qc[slab].similarity_after > float(after_everywhere[slab])
+
+
 def test_full_coverage_leaves_no_unknown():
     image, _ = phantom(0, "ct")
     atlas_image, atlas_labels = phantom(1, "mr", shape=(48, 48, 48))

@@ -243,7 +243,7 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
     return replace(result, labels=mask_unknown(result.labels, unknown), unknown=unknown if unknown.any() else None)
 
 
-def _register(model, target_t, atlases_t, target_features, atlas_features, inside, grid, options, run):
+def _register(model, target_t, atlases_t, target_features, atlas_features, support, grid, options, run):
     engine = "instance-opt" if model is None else "network"
     message = "instance optimisation" if model is None else f"registration network {model.name}"
     run.step("register", f"{message}: {atlases_t.shape[0]} atlases")
@@ -251,7 +251,7 @@ def _register(model, target_t, atlases_t, target_features, atlas_features, insid
         model, target_t, atlases_t, target_features, atlas_features, float(grid.spacing[0]),
         options.refine_for(engine), options.regularisation,
         progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn,
-        support=_support(inside, target_t.device))
+        support=support)
 
 
 def _support(inside: np.ndarray, device) -> Optional[torch.Tensor]:
@@ -269,8 +269,9 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, coverage_and_sc
     atlases_t = torch.from_numpy(images)[:, None].to(device)
     target_features, atlas_features = mind_ssc(target_t), mind_ssc_each(atlases_t)
     inside, scores = coverage_and_scores
-    fields = _register(model, target_t, atlases_t, target_features, atlas_features, inside, grid, options, run)
-    similarity_before = descriptor_similarity(atlas_features, target_features)
+    support = _support(inside, device)  # steers the registration and is where the QC judges each atlas
+    fields = _register(model, target_t, atlases_t, target_features, atlas_features, support, grid, options, run)
+    similarity_before = descriptor_similarity(atlas_features, target_features, support)
     del atlas_features  # 12 channels per atlas: freed before the warped atlases' are made
     run.step("fuse", f"label fusion ({options.fusion.value})")
     with torch.no_grad():
@@ -281,7 +282,8 @@ def _deform_and_fuse(target, grid, table, kept, images, classes, coverage_and_sc
     names = list(kept)
     coverage = inside.reshape(len(names), -1).mean(1).tolist()
     qc = registration_qc(names, fields, similarity_before, warped_features, target_features, coverage,
-                         grid.spacing_kji)
+                         grid.spacing_kji, support)
+    del support
     qc = [replace(item, selection_score=float(score)) for item, score in zip(qc, scores)]
     del fields
     warped_images = warped_images[:, 0].cpu().numpy().astype(np.float32)

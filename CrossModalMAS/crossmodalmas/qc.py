@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -14,10 +14,30 @@ from crossmodalmas.transforms import jacobian_determinant
 from crossmodalmas.result import AtlasQC
 
 
-def descriptor_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def descriptor_similarity(a: torch.Tensor, b: torch.Tensor, where: Optional[torch.Tensor] = None) -> torch.Tensor:
     """1 - mean absolute difference of MIND-SSC descriptors per item, in [0, 1] (``(N,)``);
-    one item at a time (a difference of all N at once was the pipeline's peak memory)."""
-    return torch.stack([1.0 - (item[None] - b).abs().mean() for item in a])
+    one item at a time (a difference of all N at once was the pipeline's peak memory).
+
+    Args:
+        a: ``(N, F, D, H, W)`` descriptors, e.g. of the atlases.
+        b: ``(1, F, D, H, W)`` descriptors, e.g. of the target.
+        where: optional ``(N, 1, D, H, W)`` bool, the voxels each item is judged on (its
+            :func:`~crossmodalmas.features.descriptor_support`): an atlas covering half the
+            region is then judged on its anatomy, not marked down for the half it does not
+            show. An item with no voxel there is judged on all of them.
+
+    Raises:
+        ValueError: ``where`` is given and is not ``(N, 1, D, H, W)`` on ``a``'s grid.
+    """
+    if where is not None and tuple(where.shape) != (a.shape[0], 1, *a.shape[2:]):
+        raise ValueError(f"descriptor_similarity(): 'where' must be {(a.shape[0], 1, *a.shape[2:])}, "
+                         f"got {tuple(where.shape)}")
+    out = []
+    for i, item in enumerate(a):
+        difference = (item[None] - b).abs().mean(dim=1)[0]  # mean over descriptor channels
+        inside = None if where is None else where[i, 0]
+        out.append(1.0 - (difference[inside].mean() if inside is not None and inside.any() else difference.mean()))
+    return torch.stack(out)
 
 
 def _weight_shares(weights: torch.Tensor, where: torch.Tensor) -> list[float]:
@@ -31,7 +51,7 @@ def _weight_shares(weights: torch.Tensor, where: torch.Tensor) -> list[float]:
 
 def registration_qc(names: Sequence[str], fields: RegistrationFields, similarity_before: torch.Tensor,
                     warped_features: torch.Tensor, target_features: torch.Tensor,
-                    coverage: Sequence[float], spacing_kji) -> list[AtlasQC]:
+                    coverage: Sequence[float], spacing_kji, support: Optional[torch.Tensor] = None) -> list[AtlasQC]:
     """The registration's quality figures of every atlas (the fusion's come from
     :func:`with_fusion_figures`).
 
@@ -44,8 +64,10 @@ def registration_qc(names: Sequence[str], fields: RegistrationFields, similarity
         target_features: ``(1, F, D, H, W)`` target descriptors.
         coverage: fraction of the region each atlas covers.
         spacing_kji: working-grid spacing in mm along (k, j, i).
+        support: optional ``(N, 1, D, H, W)`` bool, where each atlas is judged (the voxels
+            ``similarity_before`` was judged on, so that before and after compare alike).
     """
-    before, after = similarity_before, descriptor_similarity(warped_features, target_features)
+    before, after = similarity_before, descriptor_similarity(warped_features, target_features, support)
     out = []
     for i, name in enumerate(names):
         smoothness = determinant_figures(jacobian_determinant(fields.forward[i:i + 1].float()))

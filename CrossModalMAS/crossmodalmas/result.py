@@ -23,8 +23,10 @@ class AtlasQC:
         folding_percent: % of voxels where the forward field's Jacobian determinant is <= 0.
         sd_log_jacobian: Learn2Reg's SDlogJ of the forward field (smaller is smoother).
         inverse_consistency_mm: mean ``|U(x) + V(x + U(x))|`` in mm.
-        similarity_before: MIND-SSC similarity to the target after affine only, in [0, 1].
-        similarity_after: the same after the deformable step.
+        similarity_before: MIND-SSC similarity to the target after affine only, in [0, 1], over
+            the atlas's own anatomy (its field of view less the descriptors' reach; all of the
+            region where it covers less than that).
+        similarity_after: the same, on the same voxels, after the deformable step.
         coverage: fraction of the working region the affinely aligned atlas image covers.
         selection_score: the atlas selection's score (normalised mutual information with the
             target after affine alignment, :mod:`crossmodalmas.selection`), in [1, 2].
