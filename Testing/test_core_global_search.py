@@ -89,6 +89,14 @@ def test_poses_are_sorted_and_kept_apart():
     assert min(np.linalg.norm(a - b) for i, a in enumerate(shifts) for b in shifts[i + 1:]) >= 30.0 - 1e-6
 
 
+def test_no_pose_asked_computes_none(monkeypatch):
+    from crossmodalmas import global_search
+
+    monkeypatch.setattr(global_search, "_dependence_map", lambda *a: pytest.fail("correlated though keep=0"))
+    target, atlas = _case(24, 32, _frame())
+    assert GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=0) == []
+
+
 def test_scores_of_transforms_rank_the_truth_first():
     frame = _frame(np.eye(3), (100.0, 0.0, 0.0))
     target, atlas = _case(16, 26, frame)
