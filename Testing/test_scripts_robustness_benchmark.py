@@ -70,10 +70,14 @@ def test_found_share_and_verdict(bench):
 
 def test_control_column_is_shown_but_never_judged(bench):
     control = bench.benchmark_robustness.CONTROL
-    rows = [dict(_row(0.1, 0.0), **{control: {"dice": 0.9, "seconds": 12.0}})] * 2
+    rows = [dict(_row(0.1, 0.0), **{control: {"dice": dice, "seconds": 12.0}}) for dice in (0.9, 0.2, 0.8)]
+    rows[2]["ours"] = {"dice": 0.7, "seconds": 10.0}
+    for row, name in zip(rows, ("p0", "p1", "p2")):
+        row["pair"] = name
     lines = "\n".join(bench.benchmark_robustness._partial_lines(rows))
-    assert f"| {control} | 2 / 2 | 100% | 12 |" in lines
-    assert "0%, **missed**." in lines and "The control is not a result" in lines
+    assert f"| {control} | 2 / 3 | 67% | 12 |" in lines
+    assert "33%, **missed**." in lines and "The control is not a result" in lines
+    assert "Of ours' 2 misses, found with the same anatomy: p0; missed with it too: p1." in lines
 
 
 def test_memory_table_states_the_bound(bench):

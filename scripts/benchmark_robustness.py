@@ -185,8 +185,17 @@ def _partial_lines(rows: list[dict]) -> list[str]:
     if CONTROL in methods:
         lines += ["", f"The control is not a result: \"{CONTROL}\" segments each pair's twin whose atlas is painted "
                   "from the target's own abdomen (same target, truth, contrast, slab and frame). The target is "
-                  "judged on \"ours\", between two subjects."]
+                  "judged on \"ours\", between two subjects. " + _misses_by_cause(rows)]
     return lines
+
+
+def _misses_by_cause(rows: list[dict]) -> str:
+    """Which of ours' misses the control finds (lost to the subjects' differences) and which not."""
+    missed = [row for row in rows if row["ours"]["dice"] < FOUND_DICE]
+    twin_found = [row["pair"] for row in missed if row[CONTROL]["dice"] >= FOUND_DICE]
+    neither = [row["pair"] for row in missed if row[CONTROL]["dice"] < FOUND_DICE]
+    return (f"Of ours' {len(missed)} misses, found with the same anatomy: {', '.join(twin_found) or 'none'}; "
+            f"missed with it too: {', '.join(neither) or 'none'}.")
 
 
 def _memory_plot(rows: list[dict], path: Path) -> None:
