@@ -79,6 +79,10 @@ def _syn(ants, pair) -> tuple[np.ndarray, float]:
 CONTROL = "ours, same anatomy (control)"
 
 
+def _scored(pair, labels: np.ndarray, seconds: float) -> dict:
+    return {"dice": round(mean_dice(labels, pair.truth.array, pair.labels), 4), "seconds": round(seconds, 1)}
+
+
 def partial_fov(pairs: int, ants) -> list[dict]:
     rows = []
     for seed in range(pairs):
@@ -88,11 +92,9 @@ def partial_fov(pairs: int, ants) -> list[dict]:
         if ants is not None:
             methods["antspyx SyN"] = lambda p: _syn(ants, p)
         for name, run in methods.items():
-            labels, seconds = run(pair)
-            row[name] = {"dice": round(mean_dice(labels, pair.truth.array, pair.labels), 4), "seconds": round(seconds, 1)}
+            row[name] = _scored(pair, *run(pair))
         twin = partial_pair(seed, same_anatomy=True)  # same target and truth: only the atlas's anatomy differs
-        labels, seconds = _ours(twin, True)
-        row[CONTROL] = {"dice": round(mean_dice(labels, twin.truth.array, twin.labels), 4), "seconds": round(seconds, 1)}
+        row[CONTROL] = _scored(twin, *_ours(twin, True))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
