@@ -267,3 +267,19 @@ def test_a_searched_transform_must_beat_the_header_by_the_margin():
     assert _preferred([(header, 100.0)], [(searched, 100.0 * _HEADER_MARGIN + 1.0)]) is searched
     assert _preferred([], [(searched, 1.0), (header, 2.0)]) is header  # no header kind: the best
     assert _preferred([(header, 1.0)], []) is header
+
+
+def test_starts_rank_the_searched_poses_again_by_the_labels():
+    from crossmodalmas import affine
+
+    target = Volume(_blobs(), _grid((40, 32, 32)))
+    atlas, labels = _featureless_with_labels(target, 14, 26)  # its intensities rank no pose above another
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    ready = search.moving(atlas, labels)
+    candidates = search.poses(ready, keep=affine._RERANKED * affine.GLOBAL_STARTS)
+    errors = [_error_mm(atlas, _frame(), pose_transform(pose)) for pose in candidates]
+    coarse = affine._downsampled(target)  # the centred starts need an image with mass; the atlas's has none
+    starts = affine._starts(coarse, coarse, ready, search)
+    assert len(starts) == 2 + affine.GLOBAL_STARTS
+    assert min(errors) < 6 * SPACING and errors.index(min(errors)) >= affine.GLOBAL_STARTS  # not kept by intensities
+    assert _error_mm(atlas, _frame(), starts[2]) == pytest.approx(min(errors))  # the labels rank it first
