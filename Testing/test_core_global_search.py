@@ -283,3 +283,16 @@ def test_starts_rank_the_searched_poses_again_by_the_labels():
     assert len(starts) == 2 + affine.GLOBAL_STARTS
     assert min(errors) < 6 * SPACING and errors.index(min(errors)) >= affine.GLOBAL_STARTS  # not kept by intensities
     assert _error_mm(atlas, _frame(), starts[2]) == pytest.approx(min(errors))  # the labels rank it first
+
+
+def test_a_refinement_that_walks_off_loses_to_its_start(monkeypatch):
+    from crossmodalmas import affine
+    from crossmodalmas.search_grid import translated
+
+    # Each Mattes fit ends 3 search voxels off, overlapping still (a whole pair's refinements
+    # walked off from centred starts that were better, on a synthetic abdomen).
+    monkeypatch.setattr(affine.AffineAligner, "_refined",
+                        lambda self, moving, start, seed: translated(start, np.array([0.0, 3 * SPACING, 0.0])))
+    frame = _frame(np.eye(3), (30.0, -20.0, 10.0))
+    target, atlas = _case(0, 40, frame)  # a whole pair, its atlas in another frame
+    assert _error_mm(atlas, frame, affine.AffineAligner(target).align(atlas)) < SPACING
