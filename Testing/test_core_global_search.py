@@ -224,8 +224,8 @@ def test_shares_of_a_slab_and_of_a_whole_pair():
     assert search.shares(whole, shifted) == pytest.approx((0.5, 0.5), abs=0.05)
 
 
-@pytest.mark.parametrize("slab, polished", [((0, 40), False), ((14, 26), True)])
-def test_only_a_partial_pair_is_polished(monkeypatch, slab, polished):
+@pytest.mark.parametrize("slab, partial", [((0, 40), False), ((14, 26), True)])
+def test_each_kind_is_polished_and_only_a_partial_pair_again_finer(monkeypatch, slab, partial):
     from crossmodalmas import affine
 
     calls, slides = [], []
@@ -235,12 +235,12 @@ def test_only_a_partial_pair_is_polished(monkeypatch, slab, polished):
                         lambda self, *args: slides.append(self.spacing_mm) or real_slide(self, *args))
     target, atlas = _case(*slab, _frame())
     affine.AffineAligner(target).align(atlas)
-    # the best header-based and the best searched transform on the search grid, then the
-    # one chosen of them, slid along the slab's axis, on a grid twice as fine
+    # the best header-based and the best searched transform on the search grid; for a partial
+    # pair then the one chosen of them, slid along the slab's axis, on a grid twice as fine
     coarse, fine = GlobalSearch(target).spacing_mm, GlobalSearch(target, affine._POLISH_SPACING_MM).spacing_mm
     assert fine == pytest.approx(coarse / 2)
-    assert calls == pytest.approx([coarse, coarse, fine] if polished else [])
-    assert slides == pytest.approx([fine] if polished else [])
+    assert calls == pytest.approx([coarse, coarse, fine] if partial else [coarse, coarse])
+    assert slides == pytest.approx([fine] if partial else [])
 
 
 @pytest.mark.parametrize("atlas_is_slab", [True, False])
