@@ -111,8 +111,8 @@ def test_add_to_manifest_replaces_an_entry_of_the_same_name(models_dir):
     newer = make_model(models_dir, "reg-b", state_dict={"weight": torch.ones(1, 1, 1, 1, 1), "bias": torch.zeros(1)})
     add_to_manifest(newer, models_dir)
     entries = read_manifest(models_dir)
-    assert [e.name for e in entries] == ["reg-a", "sim-a", "reg-b"]
-    assert entries[-1].sha256 == newer.sha256
+    assert [e.name for e in entries] == ["reg-a", "reg-b", "sim-a"]  # where it stood
+    assert entries[1].sha256 == newer.sha256
 
 
 def test_add_to_manifest_refuses_a_second_default_for_a_task(models_dir):

@@ -270,7 +270,8 @@ def write_entry(entry: ModelEntry, path: Path) -> None:
 
 def add_to_manifest(entry: ModelEntry, folder: Path) -> None:
     """Add ``entry`` to ``folder / 'models.json'`` (created if absent), replacing an entry of
-    the same name. The weights must already be in ``folder`` with the entry's sha256.
+    the same name where it stands (a benchmark's updated figures keep the manifest's order),
+    else at the end. The weights must already be in ``folder`` with the entry's sha256.
 
     Raises:
         InputError: weights missing or damaged (:func:`verify`); the result would have two
@@ -279,7 +280,9 @@ def add_to_manifest(entry: ModelEntry, folder: Path) -> None:
     folder = Path(folder)
     verify(entry, folder)
     existing = read_manifest(folder) if (folder / MANIFEST_NAME).is_file() else []
-    entries = [e for e in existing if e.name != entry.name] + [entry]
+    entries = [entry if e.name == entry.name else e for e in existing]
+    if all(e.name != entry.name for e in existing):
+        entries.append(entry)
     check_entries(entries, str(folder / MANIFEST_NAME))
     write_json({"format": MANIFEST_FORMAT, "models": [e.to_dict() for e in entries]}, folder / MANIFEST_NAME)
 
