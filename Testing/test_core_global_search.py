@@ -279,10 +279,11 @@ def test_starts_rank_the_searched_poses_again_by_the_labels():
     candidates = search.poses(ready, keep=affine._RERANKED * affine.GLOBAL_STARTS)
     errors = [_error_mm(atlas, _frame(), pose_transform(pose)) for pose in candidates]
     coarse = affine._downsampled(target)  # the centred starts need an image with mass; the atlas's has none
-    starts = affine._starts(coarse, coarse, ready, search)
-    assert len(starts) == 2 + affine.GLOBAL_STARTS
+    centred, searched = affine._starts(coarse, coarse, ready, search)
+    assert len(centred) == 2 and len(searched) == affine.GLOBAL_STARTS
+    assert [score for _, score in searched] == sorted((score for _, score in searched), reverse=True)
     assert min(errors) < 6 * SPACING and errors.index(min(errors)) >= affine.GLOBAL_STARTS  # not kept by intensities
-    assert _error_mm(atlas, _frame(), starts[2]) == pytest.approx(min(errors))  # the labels rank it first
+    assert _error_mm(atlas, _frame(), searched[0][0]) == pytest.approx(min(errors))  # the labels rank it first
 
 
 def test_a_refinement_that_walks_off_loses_to_its_start(monkeypatch):

@@ -97,8 +97,10 @@ def _affine_from(fixed, moving, initial: sitk.Transform, seed: int):
     return _run_stage(fixed, moving, affine, (2, 1), 100, seed)
 
 
-def _starts(fixed: sitk.Image, moving: sitk.Image, atlas: MovingImage, search: GlobalSearch) -> list[sitk.Transform]:
-    """Initial rigid transforms: moments, image centres, and the global search's best poses.
+def _starts(fixed: sitk.Image, moving: sitk.Image, atlas: MovingImage,
+            search: GlobalSearch) -> tuple[list[sitk.Transform], list[_Scored]]:
+    """Initial rigid transforms: the image moments and centres; the global search's best poses,
+    with their scores, best first.
 
     The exhaustive search ranks poses by intensities alone; ``_RERANKED`` times as many as are
     kept are ranked again by :meth:`GlobalSearch.scores`, which splits each intensity bin by
@@ -108,9 +110,8 @@ def _starts(fixed: sitk.Image, moving: sitk.Image, atlas: MovingImage, search: G
                for start in (sitk.CenteredTransformInitializerFilter.MOMENTS,
                              sitk.CenteredTransformInitializerFilter.GEOMETRY)]
     searched = [pose_transform(pose) for pose in search.poses(atlas, keep=_RERANKED * GLOBAL_STARTS)]
-    scores = search.scores(atlas, searched)
-    best_first = sorted(range(len(searched)), key=lambda i: -scores[i])[:GLOBAL_STARTS]
-    return centred + [searched[i] for i in best_first]
+    ranked = sorted(zip(searched, search.scores(atlas, searched)), key=lambda pair: -pair[1])
+    return centred, ranked[:GLOBAL_STARTS]
 
 
 class AffineAligner:
@@ -130,28 +131,30 @@ class AffineAligner:
     def align(self, atlas: Volume, seed: int = 0, labels: Optional[LabelMap] = None) -> sitk.Transform:
         """The affine transform of ``atlas`` (see :func:`affine_align`)."""
         moving, ready = _downsampled(atlas), self.search.moving(atlas, labels)  # each made once per atlas
-        starts = _starts(self.fixed, moving, ready, self.search)
+        centred, searched_starts = _starts(self.fixed, moving, ready, self.search)
         header, searched = [], []  # refined from the header-based starts, and from the search's poses
-        for index, start in enumerate(starts):
+        for index, start in enumerate(centred + [transform for transform, _ in searched_starts]):
             try:
                 (header if index < 2 else searched).append(self._refined(moving, start, seed))
             except RuntimeError:  # ITK gave up (e.g. every sample mapped outside the atlas): next start
                 continue
         if not header and not searched:  # nothing converged: the image centres aligned
-            return starts[1]
+            return centred[1]
         header, searched = self._scored(ready, header), self._scored(ready, searched)
         # Every start competes with its refinement: the Mattes fit walked off to no overlap at
         # all from centred starts of Dice 0.53-0.57 (registration benchmark, synthetic abdomen),
         # and drifted a target slab to a 15 % scale, 15 mm off, from a pose 11 mm off that
         # scored higher. The best of each kind is polished before the two are compared: on a
-        # synthetic heart, every fit of the right orientation walked off while a flip's
-        # settled at a score the right one reached only polished (16268 vs 16915, Dice 0.18 vs 0.63).
-        header_starts, searched_starts = self._scored(ready, starts[:2]), self._scored(ready, starts[2:])
-        if min(self.search.shares(ready, _best(header + searched + header_starts + searched_starts))) >= _WHOLE_SHARE:
+        # synthetic heart, every fit of the right orientation walked off while a flip's settled
+        # at a score the right one reached only polished (16268 vs 16915, Dice 0.18 vs 0.63).
+        header_starts = self._scored(ready, centred)
+        candidates = header + searched + header_starts + searched_starts
+        if min(self.search.shares(ready, _best(candidates))) >= _WHOLE_SHARE:
             return _preferred(*self._polished_best(ready, header + header_starts, searched + searched_starts))
         # A partial pair: its header starts, centred on two fields of view that differ, are far
         # off by construction (only their refinements compete); the winner is polished again finer.
-        return self._polished(atlas, labels, _preferred(*self._polished_best(ready, header, searched + searched_starts)))
+        chosen = _preferred(*self._polished_best(ready, header, searched + searched_starts))
+        return self._polished(atlas, labels, chosen)
 
     def _polished_best(self, ready: MovingImage, *kinds: Sequence[_Scored]) -> list[list[_Scored]]:
         """The best-scoring transform of each kind, polished on the search grid, with its score."""
