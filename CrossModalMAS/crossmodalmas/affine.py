@@ -144,9 +144,9 @@ class AffineAligner:
         # Every start competes with its refinement: the Mattes fit walked off to no overlap at
         # all from centred starts of Dice 0.53-0.57 (registration benchmark, synthetic abdomen),
         # and drifted a target slab to a 15 % scale, 15 mm off, from a pose 11 mm off that
-        # scored higher. The best of each kind is polished before the two are compared: on a
-        # synthetic heart, every fit of the right orientation walked off while a flip's settled
-        # at a score the right one reached only polished (16268 vs 16915, Dice 0.18 vs 0.63).
+        # scored higher. The best of each kind is polished before the two are compared (see
+        # _POLISH_SPACING_MM): on a synthetic heart only the polished right orientation
+        # outscored a flip's fit.
         header_starts = self._scored(ready, centred)
         candidates = header + searched + header_starts + searched_starts
         if min(self.search.shares(ready, _best(candidates))) >= _WHOLE_SHARE:
@@ -248,9 +248,9 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0, labels: Optional[
     header-based one by 5 % (symmetric anatomy scores its flip as well as the truth). When the
     two fields of view differ (one covers under 60 % of the other), the winner is slid along
     the slab's thin axis (:meth:`GlobalSearch.slide`, :func:`slab_axis`) and polished again at
-    ~3.5 mm. A start
-    ITK gives up on is dropped; if none is left the image centres are aligned. For several
-    atlases of one target, :class:`AffineAligner` does the target's part once.
+    ~3.5 mm. A start ITK gives up on is dropped; if none is left the image centres are
+    aligned. For several atlases of one target, :class:`AffineAligner` does the target's part
+    once.
 
     Args:
         target: the fixed image.
