@@ -115,9 +115,10 @@ def search_spacing(target: Grid, spacing_mm: float) -> np.ndarray:
     voxels), so that a thin slab still spans a dozen voxels across its thickness.
 
     Only the thin directions are refined: the exhaustive search's cost grows with the grid's
-    voxels, and a 4.4 cm target slab on an isotropic 3.7 mm grid took 140 of its 180 seconds in
-    the search (robustness benchmark, pair13). Each grid axis of the target asks for its spacing
-    along its own direction; an oblique one asks each RAS axis for that much along it.
+    voxels, and a 4.4 cm target slab on an isotropic 3.5 mm grid took 140 of its 180 seconds in
+    the search (robustness benchmark, pair13; 22 of 40 when refined across it alone). Each grid
+    axis of the target asks for its spacing along its own direction; an oblique one asks each
+    RAS axis for that much along it.
     """
     extent_ijk = (np.array(target.shape[::-1]) - 1) * target.spacing
     wanted = np.minimum(spacing_mm, np.maximum(extent_ijk / _MIN_SEARCH_VOXELS, float(target.spacing.min())))
