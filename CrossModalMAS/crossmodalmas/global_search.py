@@ -309,10 +309,10 @@ class GlobalSearch:
         size = tuple(_fast_size(int(t + max(m.bins.shape[i] for m in moved) - 1)) for i, t in enumerate(fixed.bins.shape))
         target_spectra = _indicator_spectra(fixed.bins, size)
         smaller = min(int((fixed.bins >= 0).sum()), min(int((m.bins >= 0).sum()) for m in moved))
+        separation_kji = [int(round(_PEAK_SEPARATION_MM / s)) for s in spacing[::-1]]
         poses = []
         for rotation, binned in zip(orientations, moved):
             score, total = _dependence_map(target_spectra, binned.bins, size, MIN_OVERLAP * smaller)
-            separation_kji = [int(round(_PEAK_SEPARATION_MM / s)) for s in spacing[::-1]]
             for index in _peaks(score, keep, separation_kji):
                 # index d below the target's size is the shift d; above it, d - size (a negative shift)
                 shift_kji = np.array([d if d < n else d - s for d, n, s in zip(index, fixed.bins.shape, size)], float)
