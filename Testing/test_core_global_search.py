@@ -6,8 +6,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from crossmodalmas.affine import affine_align
-from crossmodalmas.global_search import (GlobalSearch, pose_transform, rotation_about, search_orientations,
-                                         search_spacing)
+from crossmodalmas.global_search import GlobalSearch, pose_transform, rotation_about, search_orientations
 from crossmodalmas.preprocess import transform_points_to_target
 from crossmodalmas.search_grid import ras_to_lps_affine
 from crossmodalmas.volume import LabelMap, Volume
@@ -52,11 +51,6 @@ def _case(k0: int, k1: int, frame: np.ndarray):
     return target, atlas
 
 
-def _thin_target() -> Volume:
-    """Slices 10..19 of :func:`_blobs` in place: a 36 mm slab along S, 124 mm across."""
-    return Volume(_blobs()[10:20].copy(), _grid((10, 32, 32), origin=(0.0, 0.0, 10 * SPACING)))
-
-
 def _frame(rotation=np.eye(3), offset=(0.0, 0.0, 0.0)) -> np.ndarray:
     frame = np.eye(4)
     frame[:3, :3], frame[:3, 3] = rotation, offset
@@ -80,33 +74,11 @@ def test_a_slab_of_a_fifth_of_the_target_is_found_in_any_frame(rotation, offset)
 def test_a_target_that_is_a_slab_of_the_atlas_is_found():
     image = _blobs()
     atlas = Volume(image, _frame(_rot(2), (300.0, 0.0, 0.0)) @ _grid(image.shape))
-    target = _thin_target()
+    target = Volume(image[10:20].copy(), _grid((10, 32, 32), origin=(0.0, 0.0, 10 * SPACING)))
     best = GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=1)[0]
     point = transform_points_to_target(atlas.grid.ijk_to_points(np.array([[5.0, 5.0, 15.0]])), pose_transform(best))
     assert np.linalg.norm(point[0] - np.array([5.0, 5.0, 15.0]) * SPACING) < SPACING
     assert best.overlap == pytest.approx(1.0, abs=0.05)  # all of the target overlaps the atlas
-
-
-def test_the_search_grid_is_finer_only_across_a_thin_target():
-    thick, thin = Volume(np.zeros((40, 32, 32), np.float32), _grid((40, 32, 32))), _thin_target()
-    assert np.array_equal(search_spacing(thick.grid, 10.0), [10.0, 10.0, 10.0])  # 124 mm across: a dozen 10 mm voxels
-    assert np.allclose(search_spacing(thin.grid, 10.0), [10.0, 10.0, 4.0])  # 36 mm thick along S: its own voxels
-    search = GlobalSearch(thin, spacing_mm=10.0)
-    assert np.allclose(search.spacing_ras, [10.0, 10.0, 4.0]) and search.spacing_mm == pytest.approx(4.0)
-    # an oblique slab: every RAS axis its thickness has a share of is refined so far that one
-    # step along it moves the grid at most the wanted 4 mm across the slab
-    tilt = rotation_about(0, 30.0)
-    oblique = search_spacing(Volume(np.zeros((10, 32, 32), np.float32), _grid((10, 32, 32), rotation=tilt)).grid, 10.0)
-    normal = tilt[:, 2]
-    assert oblique[0] == 10.0 and np.allclose(oblique[1:] * np.abs(normal[1:]), 4.0)
-
-
-def test_a_thin_target_is_found_on_a_grid_coarse_in_its_plane():
-    atlas, target = Volume(_blobs(), _frame(_rot(2), (300.0, 0.0, 0.0)) @ _grid((40, 32, 32))), _thin_target()
-    best = GlobalSearch(target, spacing_mm=10.0).poses(atlas, keep=1)[0]
-    point = transform_points_to_target(atlas.grid.ijk_to_points(np.array([[5.0, 5.0, 15.0]])), pose_transform(best))
-    # within one search voxel: 10 mm in the slab's plane, 4 mm across it
-    assert np.all(np.abs(point[0] - np.array([5.0, 5.0, 15.0]) * SPACING) <= [10.0, 10.0, 4.0])
 
 
 def test_poses_are_sorted_and_kept_apart():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crossmodalmas.search_grid import affine_of, field_of_view_weights, grid_steps, ras_grid, translated
+from crossmodalmas.search_grid import affine_of, field_of_view_weights, translated
 from crossmodalmas.volume import Grid, to_sitk
 
 
@@ -39,33 +39,6 @@ def test_field_of_view_weights_are_the_share_of_each_voxel_inside():
     assert weights[1] == pytest.approx(1.0) and weights[3] == pytest.approx(1.0)  # 7 and 21 mm: wholly inside
     assert weights[7] == pytest.approx(0.5 + 1.0 / 7.0)  # 49 mm: its centre 1 mm inside the far face
     assert weights[8] == 0.0 and weights[9] == 0.0  # 56 and 63 mm: outside the 50 mm slab
-
-
-def test_field_of_view_weights_ramp_over_each_axis_own_spacing():
-    slab = _slab_image(slices=20)  # S = 0 .. 50 mm
-    grid = Grid((10, 1, 1), np.diag([1.0, 1.0, 7.0, 1.0]))  # one column along S, at S = 0, 7, .., 63 mm
-    isotropic = field_of_view_weights(slab, grid, sitk.Transform(), 7.0)
-    assert np.array_equal(field_of_view_weights(slab, grid, sitk.Transform(), (7.0, 7.0, 7.0)), isotropic)
-    fine_across = field_of_view_weights(slab, grid, sitk.Transform(), (1.0, 1.0, 7.0))
-    assert np.allclose(fine_across, isotropic)  # the S faces ramp over the S spacing alone
-    coarse_along_s = field_of_view_weights(slab, grid, sitk.Transform(), (7.0, 7.0, 14.0)).ravel()
-    assert coarse_along_s[7] == pytest.approx(0.5 + 1.0 / 14.0)  # 1 mm inside the far face, of a 14 mm voxel
-
-
-def test_grid_steps_are_the_spacing_along_an_axis_and_exact_on_an_isotropic_grid():
-    directions = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    assert np.array_equal(grid_steps(directions, (7.0, 3.0, 2.0)), [7.0, 3.0, 2.0])
-    tilted = np.array([[0.1], [0.3], [0.7]])  # a direction whose norm rounds
-    assert grid_steps(tilted, 3.7)[0] == 3.7 and grid_steps(tilted, (3.7, 3.7, 3.7))[0] == 3.7
-    diagonal = np.array([[1.0], [0.0], [1.0]])
-    assert grid_steps(diagonal, (6.0, 1.0, 2.0))[0] == pytest.approx(np.sqrt((36.0 + 4.0) / 2))
-
-
-def test_ras_grid_takes_a_spacing_per_axis():
-    grid = ras_grid(np.zeros(3), np.array([70.0, 70.0, 20.0]), (7.0, 7.0, 2.5))
-    assert grid.shape == (9, 11, 11)  # (S, A, R)
-    assert np.allclose(grid.spacing, (7.0, 7.0, 2.5))
-    assert grid.shape == ras_grid(np.zeros(3), np.array([70.0, 70.0, 20.0]), np.array([7.0, 7.0, 2.5])).shape
 
 
 def _composed(transform):

@@ -33,15 +33,15 @@ import torch
 from scipy.optimize import minimize
 
 from crossmodalmas.preprocess import gaussian_smooth
-from crossmodalmas.search_grid import (affine_of, field_of_view_weights, grid_steps, labels_on_ras_grid, on_ras_grid,
-                                       ras_grid, ras_to_lps_affine, translated, values_on_ras_grid)
+from crossmodalmas.search_grid import (affine_of, field_of_view_weights, labels_on_ras_grid, on_ras_grid, ras_grid,
+                                       ras_to_lps_affine, translated, values_on_ras_grid)
 from crossmodalmas.volume import LPS_TO_RAS, Grid, LabelMap, Volume, to_sitk
 
 SEARCH_SPACING_MM = 7.0  # coarse enough for an exhaustive search, fine enough that organs span voxels
 BINS = 6  # quantile bins per image: BINS^2 = 36 correlations per orientation
 MIN_OVERLAP = 0.5  # a pose must overlap at least this share of the smaller field of view
 _TILT_DEG = 15.0  # tilts about each axis; the affine step reaches the rest (~8 degrees)
-_MIN_SEARCH_VOXELS = 12  # the search grid spans at least this many voxels across each axis of the target
+_MIN_SEARCH_VOXELS = 12  # the search grid spans at least this many voxels along the target's shortest axis
 _PEAK_SEPARATION_MM = 30.0  # two kept poses of one orientation are at least this far apart
 _POLISH_STEP_DEG = 2.0  # the local search's first steps: rotations in degrees, translations in search voxels
 
@@ -101,31 +101,10 @@ class _Binned:
     grid: Grid
 
 
-def _smoothed(volume: Volume, spacing) -> sitk.Image:
-    """``volume`` anti-aliased for the search grid of ``spacing`` (mm along R, A, S, or one number)."""
+def _smoothed(volume: Volume, spacing: float) -> sitk.Image:
     image = to_sitk(volume.array.astype(np.float32), volume.ijk_to_ras)
-    steps = grid_steps(volume.ijk_to_ras[:3, :3], spacing)  # the grid's reach along each image axis
-    sigma = [max(step - s, 0.0) / 2.0 for step, s in zip(steps, image.GetSpacing())]
+    sigma = [max(spacing - s, 0.0) / 2.0 for s in image.GetSpacing()]  # anti-aliasing before the coarse grid
     return gaussian_smooth(image, sigma)
-
-
-def search_spacing(target: Grid, spacing_mm: float) -> np.ndarray:
-    """The search grid's spacing along R, A and S (mm): ``spacing_mm``, finer along the directions
-    in which the target is less than ``_MIN_SEARCH_VOXELS`` of it across (no finer than its own
-    voxels), so that a thin slab still spans a dozen voxels across its thickness.
-
-    Only the thin directions are refined: the exhaustive search's cost grows with the grid's
-    voxels, and a 4.4 cm target slab on an isotropic 3.5 mm grid took 140 of its 180 seconds in
-    the search (robustness benchmark, pair13; 22 of 40 when refined across it alone). Each grid
-    axis of the target asks for its spacing along its own direction; an oblique one asks each
-    RAS axis for that much along it.
-    """
-    extent_ijk = (np.array(target.shape[::-1]) - 1) * target.spacing
-    wanted = np.minimum(spacing_mm, np.maximum(extent_ijk / _MIN_SEARCH_VOXELS, float(target.spacing.min())))
-    directions = np.abs(target.ijk_to_ras[:3, :3] / target.spacing)  # unit columns (i, j, k), rows R, A, S
-    with np.errstate(divide="ignore"):  # an axis with no component along R, A or S asks nothing of it
-        along = np.min(wanted[None, :] / directions, axis=1)
-    return np.minimum(spacing_mm, along)
 
 
 def _quantile_bins(values: np.ndarray, inside: np.ndarray, edges: Optional[np.ndarray] = None):
@@ -136,7 +115,7 @@ def _quantile_bins(values: np.ndarray, inside: np.ndarray, edges: Optional[np.nd
     return bins, edges
 
 
-def _binned(corners_ras: np.ndarray, smoothed: sitk.Image, spacing, rotation: np.ndarray,
+def _binned(corners_ras: np.ndarray, smoothed: sitk.Image, spacing: float, rotation: np.ndarray,
             centre: np.ndarray, edges: Optional[np.ndarray] = None) -> _Binned:
     """An image (field-of-view corners ``corners_ras``, ``smoothed``: its :func:`_smoothed` copy)
     turned by ``rotation`` about ``centre``, binned on the axis-aligned grid around it (with its
@@ -231,9 +210,9 @@ def _dependence_map(target_spectra: torch.Tensor, atlas_bins: np.ndarray, size: 
     return score, total
 
 
-def _peaks(score: torch.Tensor, count: int, separation_vox: Sequence[int]) -> list[tuple[int, ...]]:
-    """Indices of up to ``count`` finite maxima, at least ``separation_vox`` (per axis) apart along
-    some axis (non-maximum suppression; the translation axes wrap, index ``d mod size``)."""
+def _peaks(score: torch.Tensor, count: int, separation_vox: int) -> list[tuple[int, ...]]:
+    """Indices of up to ``count`` finite maxima, at least ``separation_vox`` apart along some axis
+    (non-maximum suppression; the translation axes wrap, index ``d mod size``)."""
     score = score.clone()
     found = []
     for _ in range(count):
@@ -241,7 +220,7 @@ def _peaks(score: torch.Tensor, count: int, separation_vox: Sequence[int]) -> li
         if not torch.isfinite(score[best]):
             break
         found.append(tuple(int(v) for v in best))
-        near = [torch.arange(b - r, b + r + 1) % n for b, r, n in zip(best, separation_vox, score.shape)]
+        near = [torch.arange(b - separation_vox, b + separation_vox + 1) % n for b, n in zip(best, score.shape)]
         score[torch.meshgrid(*near, indexing="ij")] = -torch.inf
     return found
 
@@ -259,27 +238,23 @@ class GlobalSearch:
 
     Args:
         target: the fixed image (any grid, any modality).
-        spacing_mm: the search grid's spacing; finer across a target less than
-            ``_MIN_SEARCH_VOXELS`` of it thick (a 5 cm slab would be a handful of voxels), along
-            its thin directions only (:func:`search_spacing`).
-
-    Attributes:
-        spacing_ras: the grid's spacing along R, A and S, mm.
-        spacing_mm: the finest of them.
+        spacing_mm: the search grid's spacing; finer for a target less than ``_MIN_SEARCH_VOXELS``
+            of it across (a 5 cm field of view would be a handful of voxels).
     """
 
     def __init__(self, target: Volume, spacing_mm: float = SEARCH_SPACING_MM):
-        self.spacing_ras = search_spacing(target.grid, spacing_mm)
-        self.spacing_mm = float(self.spacing_ras.min())
-        self.fixed = _binned(target.grid.corners_ras(), _smoothed(target, self.spacing_ras), self.spacing_ras,
-                             np.eye(3), np.zeros(3))
+        extent = (np.array(target.grid.shape) - 1) * target.grid.spacing_kji
+        spacing_mm = min(spacing_mm, max(float(extent.min()) / _MIN_SEARCH_VOXELS, float(target.grid.spacing.min())))
+        self.spacing_mm = spacing_mm
+        self.fixed = _binned(target.grid.corners_ras(), _smoothed(target, spacing_mm), spacing_mm, np.eye(3),
+                             np.zeros(3))
 
     def moving(self, atlas: Volume, labels: Optional[LabelMap] = None) -> MovingImage:
         """``atlas`` made ready for :meth:`poses` and :meth:`scores` (smoothed and binned once),
         with its label map ``labels`` if given (see :meth:`scores`)."""
-        smoothed = _smoothed(atlas, self.spacing_ras)
+        smoothed = _smoothed(atlas, self.spacing_mm)
         corners = atlas.grid.corners_ras()
-        edges = _binned(corners, smoothed, self.spacing_ras, np.eye(3), np.zeros(3)).edges
+        edges = _binned(corners, smoothed, self.spacing_mm, np.eye(3), np.zeros(3)).edges
         structures = None if labels is None else to_sitk(labels.array.astype(np.int32), labels.ijk_to_ras)
         return MovingImage(corners, smoothed, edges, structures)
 
@@ -299,7 +274,7 @@ class GlobalSearch:
         if keep < 1:  # nothing asked (the benchmark's ablation): the correlations would cost seconds to a minute
             return []
         orientations = search_orientations() if orientations is None else orientations
-        fixed, spacing = self.fixed, self.spacing_ras
+        fixed, spacing = self.fixed, self.spacing_mm
         atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
         centre = atlas.centre
         # one binning (the atlas's own quantiles) for every orientation
@@ -309,11 +284,10 @@ class GlobalSearch:
         size = tuple(_fast_size(int(t + max(m.bins.shape[i] for m in moved) - 1)) for i, t in enumerate(fixed.bins.shape))
         target_spectra = _indicator_spectra(fixed.bins, size)
         smaller = min(int((fixed.bins >= 0).sum()), min(int((m.bins >= 0).sum()) for m in moved))
-        separation_kji = [int(round(_PEAK_SEPARATION_MM / s)) for s in spacing[::-1]]
         poses = []
         for rotation, binned in zip(orientations, moved):
             score, total = _dependence_map(target_spectra, binned.bins, size, MIN_OVERLAP * smaller)
-            for index in _peaks(score, keep, separation_kji):
+            for index in _peaks(score, keep, int(round(_PEAK_SEPARATION_MM / spacing))):
                 # index d below the target's size is the shift d; above it, d - size (a negative shift)
                 shift_kji = np.array([d if d < n else d - s for d, n, s in zip(index, fixed.bins.shape, size)], float)
                 translation = fixed.origin - binned.origin + shift_kji[::-1] * spacing
@@ -364,7 +338,7 @@ class GlobalSearch:
             correction = sitk.Euler3DTransform()
             correction.SetCenter(centre.tolist())
             correction.SetRotation(*np.radians(parameters[:3]).tolist())
-            correction.SetTranslation((parameters[3:] * self.spacing_ras).tolist())  # LPS and RAS: same axes
+            correction.SetTranslation((parameters[3:] * self.spacing_mm).tolist())
             composite = sitk.CompositeTransform(3)
             composite.AddTransform(start)
             composite.AddTransform(correction)  # applied first: target point -> corrected -> atlas
@@ -414,7 +388,7 @@ class GlobalSearch:
         """
         atlas = atlas if isinstance(atlas, MovingImage) else self.moving(atlas)
         both = int(self._overlap(atlas.smoothed, transform).sum())
-        atlas_voxels = np.prod(np.array(atlas.smoothed.GetSize()) * atlas.smoothed.GetSpacing()) / np.prod(self.spacing_ras)
+        atlas_voxels = np.prod(np.array(atlas.smoothed.GetSize()) * atlas.smoothed.GetSpacing()) / self.spacing_mm ** 3
         return both / max(int((self.fixed.bins >= 0).sum()), 1), min(both / max(float(atlas_voxels), 1.0), 1.0)
 
     def _overlap(self, smoothed: sitk.Image, transform: sitk.Transform) -> np.ndarray:
@@ -433,7 +407,7 @@ class GlobalSearch:
     def _score(self, atlas: MovingImage, transform: sitk.Transform) -> float:
         """``N * MI`` of one placement; each voxel counts by its :func:`field_of_view_weights`."""
         grid = self.fixed.grid
-        weights = field_of_view_weights(atlas.smoothed, grid, transform, self.spacing_ras)
+        weights = field_of_view_weights(atlas.smoothed, grid, transform, self.spacing_mm)
         both = (weights > 0) & (self.fixed.bins >= 0)
         values = values_on_ras_grid(atlas.smoothed, grid, transform)
         classes = np.digitize(values[both], atlas.edges).astype(np.int64)
