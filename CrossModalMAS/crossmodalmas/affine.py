@@ -132,12 +132,9 @@ class AffineAligner:
         """The affine transform of ``atlas`` (see :func:`affine_align`)."""
         moving, ready = _downsampled(atlas), self.search.moving(atlas, labels)  # each made once per atlas
         centred, searched_starts = _starts(self.fixed, moving, ready, self.search)
-        header, searched = [], []  # refined from the header-based starts, and from the search's poses
-        for index, start in enumerate(centred + [transform for transform, _ in searched_starts]):
-            try:
-                (header if index < 2 else searched).append(self._refined(moving, start, seed))
-            except RuntimeError:  # ITK gave up (e.g. every sample mapped outside the atlas): next start
-                continue
+        # refined from the header-based starts, and from the search's poses
+        header = self._refined_each(moving, centred, seed)
+        searched = self._refined_each(moving, [transform for transform, _ in searched_starts], seed)
         if not header and not searched:  # nothing converged: the image centres aligned
             return centred[1]
         header, searched = self._scored(ready, header), self._scored(ready, searched)
@@ -172,6 +169,17 @@ class AffineAligner:
         ready = fine.moving(atlas, labels)
         axis = slab_axis(self._target, atlas, transform, fine.shares(ready, transform))
         return fine.polish(ready, fine.slide(ready, transform, axis, _SLIDE_REACH_MM))
+
+    def _refined_each(self, moving: sitk.Image, starts: Sequence[sitk.Transform], seed: int) -> list[sitk.Transform]:
+        """:meth:`_refined` from each start, leaving out those ITK gives up on (e.g. every sample
+        mapped outside the atlas)."""
+        refined = []
+        for start in starts:
+            try:
+                refined.append(self._refined(moving, start, seed))
+            except RuntimeError:
+                continue
+        return refined
 
     def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int) -> sitk.Transform:
         """Rigid then affine stages from ``start``, sampling the smaller of the two images.
