@@ -293,7 +293,7 @@ def test_a_refinement_that_walks_off_loses_to_its_start(monkeypatch):
     # Each Mattes fit ends 3 search voxels off, overlapping still (a whole pair's refinements
     # walked off from centred starts that were better, on a synthetic abdomen).
     monkeypatch.setattr(affine.AffineAligner, "_refined",
-                        lambda self, moving, start, seed: translated(start, np.array([0.0, 3 * SPACING, 0.0])))
+                        lambda self, moving, start, seed, atlas_fixed: translated(start, np.array([0.0, 3 * SPACING, 0.0])))
     frame = _frame(np.eye(3), (30.0, -20.0, 10.0))
     target, atlas = _case(0, 40, frame)  # a whole pair, its atlas in another frame
     assert _error_mm(atlas, frame, affine.AffineAligner(target).align(atlas)) < SPACING

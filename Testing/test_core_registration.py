@@ -161,7 +161,9 @@ def test_affine_align_prefers_the_pose_that_overlaps_over_a_far_off_one(monkeypa
 
 def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     """An atlas slab is registered as the fixed image (the metric samples the fixed one), and
-    the result is turned back into target -> atlas."""
+    the result is turned back into target -> atlas; from the header-based starts it is
+    registered with the target fixed as well (a whole anatomy cropped closer than the target
+    needs that), and the search's score picks among the fits."""
     import SimpleITK as sitk
 
     from crossmodalmas import affine
@@ -170,15 +172,23 @@ def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     fixed_sizes, shift = [], sitk.TranslationTransform(3, (8.0, 0.0, 0.0))
     monkeypatch.setattr(affine, "_affine_from",
                         lambda fixed, moving, start, seed: fixed_sizes.append(fixed.GetSize()) or (shift, -1.0))
-    # the inversion alone: no polish, and no unrefined search pose competing with the refined ones
+    # the inversion alone: no polish, and no unrefined pose competing with the refined ones
     monkeypatch.setattr(affine.GlobalSearch, "polish", lambda self, atlas, transform: transform)
+    monkeypatch.setattr(affine.GlobalSearch, "slide", lambda self, atlas, transform, axis, reach: transform)
+    monkeypatch.setattr(affine.GlobalSearch, "scores",
+                        lambda self, atlas, transforms: [float(t.TransformPoint((0.0, 0.0, 0.0))[0] < 0)
+                                                         for t in transforms])  # the inverted fits score 1
     monkeypatch.setattr(affine, "GLOBAL_STARTS", 0)
     rng = np.random.default_rng(0)
     target = Volume(rng.random((40, 24, 24), dtype=np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
     slab = Volume(target.array[10:18].copy(), target.ijk_to_ras.copy())
     transform = affine.AffineAligner(target).align(slab)
-    assert all(size[2] < 40 for size in fixed_sizes)  # the slab's few slices, never the whole target
+    assert sorted(size[2] < 40 for size in fixed_sizes) == [False, False, True, True]  # each start both ways
     assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0)), (-8.0, 0.0, 0.0))  # the inverse
+    fixed_sizes.clear()
+    monkeypatch.setattr(affine, "GLOBAL_STARTS", 2)
+    affine.AffineAligner(target).align(slab)
+    assert sum(size[2] < 40 for size in fixed_sizes) == 2 + 2  # the search's poses: the slab fixed only
     fixed_sizes.clear()
     affine.AffineAligner(slab).align(target)  # the other way round: the slab is the target
     assert all(size[2] < 40 for size in fixed_sizes)

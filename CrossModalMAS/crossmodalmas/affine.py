@@ -133,7 +133,7 @@ class AffineAligner:
         moving, ready = _downsampled(atlas), self.search.moving(atlas, labels)  # each made once per atlas
         centred, searched_starts = _starts(self.fixed, moving, ready, self.search)
         # refined from the header-based starts, and from the search's poses
-        header = self._refined_each(moving, centred, seed)
+        header = self._refined_each(moving, centred, seed, both_ways=True)
         searched = self._refined_each(moving, [transform for transform, _ in searched_starts], seed)
         if not header and not searched:  # nothing converged: the image centres aligned
             return centred[1]
@@ -170,26 +170,41 @@ class AffineAligner:
         axis = slab_axis(self._target, atlas, transform, fine.shares(ready, transform))
         return fine.polish(ready, fine.slide(ready, transform, axis, _SLIDE_REACH_MM))
 
-    def _refined_each(self, moving: sitk.Image, starts: Sequence[sitk.Transform], seed: int) -> list[sitk.Transform]:
+    def _refined_each(self, moving: sitk.Image, starts: Sequence[sitk.Transform], seed: int,
+                      both_ways: bool = False) -> list[sitk.Transform]:
         """:meth:`_refined` from each start, leaving out those ITK gives up on (e.g. every sample
-        mapped outside the atlas)."""
+        mapped outside the atlas).
+
+        An atlas smaller than the target is registered with itself fixed (see :meth:`_refined`);
+        with ``both_ways`` it is registered with the target fixed as well, each fit a candidate.
+        Whether it is a slab of the target or whole anatomy cropped closer is not known before
+        the fit: on the MSD prostate crops of the fusion benchmark (an atlas 0.24-0.7 of its
+        target's volume, cropped 20 mm around its organ), the atlas-fixed fits of the centred
+        starts reached mean organ Dice 0.47 and 0.19 on two targets, the target-fixed ones 0.60
+        and 0.41, and the search's score ranked the target-fixed fit higher for 15 of the 16
+        atlases. Only the two header-based starts are fitted both ways, which costs two fits
+        per atlas; the search's poses (of slabs, mostly) are fitted atlas-fixed."""
+        smaller = _physical_volume(moving) < _physical_volume(self.fixed)
+        directions = (True, False) if smaller and both_ways else (smaller,)
         refined = []
         for start in starts:
-            try:
-                refined.append(self._refined(moving, start, seed))
-            except RuntimeError:
-                continue
+            for atlas_fixed in directions:
+                try:
+                    refined.append(self._refined(moving, start, seed, atlas_fixed))
+                except RuntimeError:
+                    continue
         return refined
 
-    def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int) -> sitk.Transform:
-        """Rigid then affine stages from ``start``, sampling the smaller of the two images.
+    def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int, atlas_fixed: bool) -> sitk.Transform:
+        """Rigid then affine stages from ``start``, with the atlas as the fixed image if
+        ``atlas_fixed`` (the result inverted back), the target otherwise.
 
         The metric samples the fixed image and drops samples that map outside the moving one.
         With a whole target fixed, an atlas slab of a fifth of it gets a fifth of the samples,
         and the optimiser drifted (measured on a phantom slab of a quarter of the target:
         search poses 16 and 21 mm from the truth walked to 33 and 50 mm). So a smaller atlas is
-        registered the other way round (atlas fixed, target moving) and the result inverted."""
-        if _physical_volume(moving) >= _physical_volume(self.fixed):
+        registered the other way round (atlas fixed, target moving)."""
+        if not atlas_fixed:
             return _affine_from(self.fixed, moving, start, seed)[0]
         return _affine_from(moving, self.fixed, start.GetInverse(), seed)[0].GetInverse()
 
@@ -244,7 +259,8 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0, labels: Optional[
     cover a fraction of the target, origins metres apart, LPS/RAS mix-ups). Each start is
     refined by a rigid then an affine stage of Mattes mutual information, multi-resolution,
     on copies at ~4 mm (12 parameters gain nothing from finer voxels), sampling the smaller
-    of the two images (an atlas smaller than the target is registered the other way round).
+    of the two images (an atlas smaller than the target is registered the other way round;
+    from the moments and centres both ways, each fit a candidate).
     The refined transforms and their starts (a fit can walk off from a good start; on a
     partial pair the header-based starts, centred on fields of view that differ, compete only
     refined) are compared by the global search's own measure (mutual information times
