@@ -162,8 +162,8 @@ def test_affine_align_prefers_the_pose_that_overlaps_over_a_far_off_one(monkeypa
 def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     """An atlas slab is registered as the fixed image (the metric samples the fixed one), and
     the result is turned back into target -> atlas; from the header-based starts it is
-    registered with the target fixed as well (a whole anatomy cropped closer than the target
-    needs that), and the search's score picks among the fits."""
+    registered with the target fixed as well (whole anatomy cropped closer than the target
+    needs that), and the two-way metric keeps one fit of each start."""
     import SimpleITK as sitk
 
     from crossmodalmas import affine
@@ -174,17 +174,18 @@ def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
                         lambda fixed, moving, start, seed: fixed_sizes.append(fixed.GetSize()) or (shift, -1.0))
     # the inversion alone: no polish, and no unrefined pose competing with the refined ones
     monkeypatch.setattr(affine.GlobalSearch, "polish", lambda self, atlas, transform: transform)
-    monkeypatch.setattr(affine.GlobalSearch, "slide", lambda self, atlas, transform, axis, reach: transform)
-    monkeypatch.setattr(affine.GlobalSearch, "scores",
-                        lambda self, atlas, transforms: [float(t.TransformPoint((0.0, 0.0, 0.0))[0] < 0)
-                                                         for t in transforms])  # the inverted fits score 1
     monkeypatch.setattr(affine, "GLOBAL_STARTS", 0)
     rng = np.random.default_rng(0)
     target = Volume(rng.random((40, 24, 24), dtype=np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
     slab = Volume(target.array[10:18].copy(), target.ijk_to_ras.copy())
-    transform = affine.AffineAligner(target).align(slab)
-    assert sorted(size[2] < 40 for size in fixed_sizes) == [False, False, True, True]  # each start both ways
-    assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0)), (-8.0, 0.0, 0.0))  # the inverse
+    for inverted_better in (True, False):
+        fixed_sizes.clear()
+        monkeypatch.setattr(affine, "_two_way_mattes",  # lower is better
+                            lambda fixed, moving, fit, better=inverted_better:
+                            float((fit.TransformPoint((0.0, 0.0, 0.0))[0] < 0) != better))
+        transform = affine.AffineAligner(target).align(slab)
+        assert sorted(size[2] < 40 for size in fixed_sizes) == [False, False, True, True]  # each start both ways
+        assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0))[0], -8.0 if inverted_better else 8.0)
     fixed_sizes.clear()
     monkeypatch.setattr(affine, "GLOBAL_STARTS", 2)
     affine.AffineAligner(target).align(slab)
@@ -192,6 +193,25 @@ def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     fixed_sizes.clear()
     affine.AffineAligner(slab).align(target)  # the other way round: the slab is the target
     assert all(size[2] < 40 for size in fixed_sizes)
+
+
+def test_two_way_mattes_prefers_the_aligned_fit_and_has_no_favourite_direction():
+    """The arbiter between a target-fixed and an atlas-fixed fit: lowest at the true shift,
+    the same for a transform and its inverse with the images swapped, inf without overlap."""
+    import SimpleITK as sitk
+
+    from crossmodalmas import affine
+    from crossmodalmas.volume import to_sitk
+
+    rng = np.random.default_rng(1)
+    blobs = affine.gaussian_smooth(to_sitk(rng.random((24, 24, 24), dtype=np.float32), np.diag([4.0, 4.0, 4.0, 1.0])),
+                                   [4.0] * 3)
+    small = sitk.RegionOfInterest(blobs, [16, 16, 16], [4, 4, 4])  # a smaller atlas, inside the target
+    aligned, off = sitk.TranslationTransform(3), sitk.TranslationTransform(3, (8.0, 0.0, 0.0))
+    assert affine._two_way_mattes(blobs, small, aligned) < affine._two_way_mattes(blobs, small, off)
+    assert affine._two_way_mattes(blobs, small, off) == pytest.approx(
+        affine._two_way_mattes(small, blobs, off.GetInverse()), rel=1e-6)
+    assert affine._two_way_mattes(blobs, small, sitk.TranslationTransform(3, (1000.0, 0.0, 0.0))) == float("inf")
 
 
 def test_affine_align_takes_4_mm_slices_with_finer_pixels():
