@@ -203,8 +203,9 @@ class AffineAligner:
                     fits.append(self._refined(moving, start, seed, atlas_fixed))
                 except RuntimeError:
                     continue
-            if fits:
-                refined.append(min(fits, key=lambda fit: _two_way_mattes(self.fixed, moving, fit)))
+            if len(fits) > 1:  # judged only where there is a choice: the metric reads every voxel
+                fits = [min(fits, key=lambda fit: _two_way_mattes(self.fixed, moving, fit))]
+            refined += fits
         return refined
 
     def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int, atlas_fixed: bool) -> sitk.Transform:
