@@ -161,9 +161,10 @@ def test_affine_align_prefers_the_pose_that_overlaps_over_a_far_off_one(monkeypa
 
 def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     """An atlas slab is registered as the fixed image (the metric samples the fixed one), and
-    the result is turned back into target -> atlas; from the header-based starts it is
-    registered with the target fixed as well (whole anatomy cropped closer than the target
-    needs that), and the two-way metric keeps one fit of each start."""
+    the result is turned back into target -> atlas. From the header-based starts a smaller
+    atlas is registered with the target fixed as well; a whole pair keeps the fit that the
+    two-way metric prefers (whole anatomy cropped closer than the target), a partial one the
+    slab's own."""
     import SimpleITK as sitk
 
     from crossmodalmas import affine
@@ -174,18 +175,23 @@ def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
                         lambda fixed, moving, start, seed: fixed_sizes.append(fixed.GetSize()) or (shift, -1.0))
     # the inversion alone: no polish, and no unrefined pose competing with the refined ones
     monkeypatch.setattr(affine.GlobalSearch, "polish", lambda self, atlas, transform: transform)
+    monkeypatch.setattr(affine.GlobalSearch, "slide", lambda self, atlas, transform, axis, reach: transform)
     monkeypatch.setattr(affine, "GLOBAL_STARTS", 0)
+    monkeypatch.setattr(affine.GlobalSearch, "scores",  # every fit (8 mm off either way) above the centred starts
+                        lambda self, atlas, transforms: [abs(t.TransformPoint((0.0, 0.0, 0.0))[0]) for t in transforms])
     rng = np.random.default_rng(0)
     target = Volume(rng.random((40, 24, 24), dtype=np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
-    slab = Volume(target.array[10:18].copy(), target.ijk_to_ras.copy())
-    for inverted_better in (True, False):
-        fixed_sizes.clear()
-        monkeypatch.setattr(affine, "_two_way_mattes",  # lower is better
-                            lambda fixed, moving, fit, better=inverted_better:
-                            float((fit.TransformPoint((0.0, 0.0, 0.0))[0] < 0) != better))
-        transform = affine.AffineAligner(target).align(slab)
-        assert sorted(size[2] < 40 for size in fixed_sizes) == [False, False, True, True]  # each start both ways
-        assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0))[0], -8.0 if inverted_better else 8.0)
+    slab, most = (Volume(target.array[a:b].copy(), target.ijk_to_ras.copy()) for a, b in ((10, 18), (1, 38)))
+    for atlas, whole in ((slab, False), (most, True)):
+        for inverted_better in (True, False):
+            fixed_sizes.clear()
+            monkeypatch.setattr(affine, "_two_way_mattes",  # lower is better
+                                lambda fixed, moving, fit, better=inverted_better:
+                                float((fit.TransformPoint((0.0, 0.0, 0.0))[0] < 0) != better))
+            transform = affine.AffineAligner(target).align(atlas)
+            assert sorted(size[2] < 40 for size in fixed_sizes) == [False, False, True, True]  # each start both ways
+            expected = -8.0 if inverted_better or not whole else 8.0  # -8: the atlas-fixed fit, inverted
+            assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0))[0], expected)
     fixed_sizes.clear()
     monkeypatch.setattr(affine, "GLOBAL_STARTS", 2)
     affine.AffineAligner(target).align(slab)
