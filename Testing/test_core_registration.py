@@ -161,10 +161,10 @@ def test_affine_align_prefers_the_pose_that_overlaps_over_a_far_off_one(monkeypa
 
 def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     """An atlas slab is registered as the fixed image (the metric samples the fixed one), and
-    the result is turned back into target -> atlas. From the header-based starts a smaller
-    atlas is registered with the target fixed as well; a whole pair keeps the fit that the
-    two-way metric prefers (whole anatomy cropped closer than the target), a partial one the
-    slab's own."""
+    the result is turned back into target -> atlas. A whole pair's smaller atlas is registered
+    from the header-based starts with the target fixed as well, and keeps the fit that the
+    two-way metric prefers (whole anatomy cropped closer than the target); a partial pair's
+    is fitted and kept with the slab fixed only."""
     import SimpleITK as sitk
 
     from crossmodalmas import affine
@@ -189,7 +189,8 @@ def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
                                 lambda fixed, moving, fit, better=inverted_better:
                                 float((fit.TransformPoint((0.0, 0.0, 0.0))[0] < 0) != better))
             transform = affine.AffineAligner(target).align(atlas)
-            assert sorted(size[2] < 40 for size in fixed_sizes) == [False, False, True, True]  # each start both ways
+            # each start with the smaller atlas fixed; a whole pair's with the target fixed as well
+            assert sorted(size[2] < 40 for size in fixed_sizes) == [False] * 2 * whole + [True, True]
             expected = -8.0 if inverted_better or not whole else 8.0  # -8: the atlas-fixed fit, inverted
             assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0))[0], expected)
     fixed_sizes.clear()
@@ -199,6 +200,32 @@ def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     fixed_sizes.clear()
     affine.AffineAligner(slab).align(target)  # the other way round: the slab is the target
     assert all(size[2] < 40 for size in fixed_sizes)
+
+
+def test_affine_align_falls_back_to_the_target_fixed_fits_when_the_atlas_fixed_ones_fail(monkeypatch):
+    """A smaller atlas whose fits with itself fixed all fail is fitted with the target fixed
+    before the image centres are fallen back on."""
+    import SimpleITK as sitk
+
+    from crossmodalmas import affine
+    from crossmodalmas.volume import Volume
+
+    shift = sitk.TranslationTransform(3, (8.0, 0.0, 0.0))
+
+    def target_fixed_only(fixed, moving, start, seed):
+        if fixed.GetSize()[2] < 40:
+            raise RuntimeError("All samples map outside moving image buffer")
+        return shift, -1.0
+
+    monkeypatch.setattr(affine, "_affine_from", target_fixed_only)
+    monkeypatch.setattr(affine, "GLOBAL_STARTS", 0)
+    monkeypatch.setattr(affine.GlobalSearch, "polish", lambda self, atlas, transform: transform)
+    monkeypatch.setattr(affine.GlobalSearch, "scores",
+                        lambda self, atlas, transforms: [abs(t.TransformPoint((0.0, 0.0, 0.0))[0]) for t in transforms])
+    target = Volume(np.random.default_rng(0).random((40, 24, 24), dtype=np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
+    most = Volume(target.array[1:38].copy(), target.ijk_to_ras.copy())
+    transform = affine.AffineAligner(target).align(most)
+    assert np.allclose(transform.TransformPoint((0.0, 0.0, 0.0))[0], 8.0)
 
 
 def test_two_way_mattes_prefers_the_aligned_fit_and_has_no_favourite_direction():

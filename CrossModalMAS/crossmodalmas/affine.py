@@ -138,13 +138,17 @@ class AffineAligner:
         """The affine transform of ``atlas`` (see :func:`affine_align`)."""
         moving, ready = _downsampled(atlas), self.search.moving(atlas, labels)  # each made once per atlas
         centred, searched_starts = _starts(self.fixed, moving, ready, self.search)
-        # refined from the header-based starts (a smaller atlas both ways), and from the search's poses
+        # refined from the header-based starts and from the search's poses, a smaller atlas with
+        # itself fixed; its target-fixed header fits are made only where they may be chosen
         smaller = _physical_volume(moving) < _physical_volume(self.fixed)
-        header_fits = [self._fits(moving, start, seed, (True, False) if smaller else (False,)) for start in centred]
-        header = [fits[smaller] for fits in header_fits if smaller in fits]
+        header_fits = [self._fits(moving, start, seed, (smaller,)) for start in centred]
         searched = [fit for start, _ in searched_starts for fit in self._fits(moving, start, seed, (smaller,)).values()]
+        both_ways = not smaller  # whether header_fits holds every direction this atlas is fitted in
+        if not any(header_fits) and not searched and not both_ways:
+            header_fits, both_ways = self._target_fixed_added(moving, centred, seed, header_fits), True
         if not any(header_fits) and not searched:  # nothing converged: the image centres aligned
             return centred[1]
+        header = [fits[smaller] for fits in header_fits if smaller in fits]
         header, searched = self._scored(ready, header), self._scored(ready, searched)
         # Every start competes with its refinement: the Mattes fit walked off to no overlap at
         # all from centred starts of Dice 0.53-0.57 (registration benchmark, synthetic abdomen),
@@ -155,6 +159,8 @@ class AffineAligner:
         header_starts = self._scored(ready, centred)
         candidates = header + searched + header_starts + searched_starts
         if min(self.search.shares(ready, _best(candidates))) >= _WHOLE_SHARE:
+            if not both_ways:
+                header_fits = self._target_fixed_added(moving, centred, seed, header_fits)
             header = self._scored(ready, [_two_way_best(self.fixed, moving, fits) for fits in header_fits if fits])
             return _preferred(*self._polished_best(ready, header + header_starts, searched + searched_starts))
         # A partial pair: its header starts, centred on two fields of view that differ, are far
@@ -191,6 +197,12 @@ class AffineAligner:
             except RuntimeError:
                 continue
         return fits
+
+    def _target_fixed_added(self, moving: sitk.Image, starts: Sequence[sitk.Transform], seed: int,
+                            fits: Sequence[dict[bool, sitk.Transform]]) -> list[dict[bool, sitk.Transform]]:
+        """Each start's ``fits`` with its target-fixed fit added (after the atlas-fixed one, so
+        that ties between the two keep going to the atlas-fixed fit)."""
+        return [{**start_fits, **self._fits(moving, start, seed, (False,))} for start, start_fits in zip(starts, fits)]
 
     def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int, atlas_fixed: bool) -> sitk.Transform:
         """Rigid then affine stages from ``start``, with the atlas as the fixed image if
