@@ -306,8 +306,8 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0, labels: Optional[
     refined by a rigid then an affine stage of Mattes mutual information, multi-resolution,
     on copies at ~4 mm (12 parameters gain nothing from finer voxels), sampling the smaller
     of the two images (an atlas smaller than the target is registered the other way round;
-    from the moments and centres both ways, and for a whole pair the fit that the Mattes
-    metric taken both ways rates better kept, :func:`_two_way_best`).
+    for a whole pair also the target's way from the moments and centres, and the fit that the
+    Mattes metric taken both ways rates better kept, :func:`_two_way_best`).
     The refined transforms and their starts (a fit can walk off from a good start; on a
     partial pair the header-based starts, centred on fields of view that differ, compete only
     refined) are compared by the global search's own measure (mutual information times
