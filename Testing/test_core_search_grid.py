@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crossmodalmas.search_grid import affine_of, field_of_view_weights, translated
+from crossmodalmas.search_grid import affine_of, field_of_view_weights, occupied_box, sub_grid, translated
 from crossmodalmas.volume import Grid, to_sitk
 
 
@@ -39,6 +39,46 @@ def test_field_of_view_weights_are_the_share_of_each_voxel_inside():
     assert weights[1] == pytest.approx(1.0) and weights[3] == pytest.approx(1.0)  # 7 and 21 mm: wholly inside
     assert weights[7] == pytest.approx(0.5 + 1.0 / 7.0)  # 49 mm: its centre 1 mm inside the far face
     assert weights[8] == 0.0 and weights[9] == 0.0  # 56 and 63 mm: outside the 50 mm slab
+
+
+def _turned_grid_affine(angles, spacing, origin) -> np.ndarray:
+    """An ijk -> RAS 4x4 turned by Euler ``angles`` (radians), with ``spacing`` and ``origin``."""
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = np.reshape(sitk.Euler3DTransform((0, 0, 0), *angles).GetMatrix(), (3, 3)) * np.asarray(spacing)
+    ijk_to_ras[:3, 3] = origin
+    return ijk_to_ras
+
+
+def test_field_of_view_weights_follow_each_voxel_into_a_turned_image_through_the_transform():
+    """Against each voxel's centre taken through ITK one at a time: an oblique image, a
+    non-axis-aligned grid and a sheared transform (each voxel 0.5 on a face, 1 deep inside)."""
+    image = sitk.Image((9, 7, 5), sitk.sitkFloat32)
+    image.SetSpacing((2.0, 3.0, 4.0))
+    image.SetOrigin((-10.0, 5.0, -8.0))
+    image.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.3, -0.4, 0.5).GetMatrix())
+    grid = Grid((8, 9, 10), _turned_grid_affine((0.1, 0.2, -0.3), (3.0, 2.5, 3.5), (-20.0, -25.0, -20.0)))
+    transform = sitk.AffineTransform((1.1, 0.1, 0.0, -0.05, 0.9, 0.2, 0.0, 0.1, 1.05), (3.0, -2.0, 1.0), (1.0, 2.0, 3.0))
+    weights = field_of_view_weights(image, grid, transform, 3.0)
+    size, spacing = np.array(image.GetSize()), np.array(image.GetSpacing())
+    for k, j, i in np.ndindex(grid.shape):
+        r, a, s = grid.ijk_to_points(np.array([[i, j, k]]))[0]
+        index = np.array(image.TransformPhysicalPointToContinuousIndex(transform.TransformPoint((-r, -a, s))))
+        depth = np.minimum(index + 0.5, size - 0.5 - index) * spacing
+        assert weights[k, j, i] == pytest.approx(np.prod(np.clip(0.5 + depth / 3.0, 0.0, 1.0)), abs=1e-9)
+    assert 0.0 < weights.mean() < 1.0  # the image covers part of the grid
+
+
+def test_occupied_box_is_the_tightest_box_and_its_sub_grid_keeps_the_voxel_positions():
+    mask = np.zeros((6, 7, 8), bool)
+    mask[1, 2, 3] = mask[4, 5, 3] = mask[2, 2, 6] = True
+    box = occupied_box(mask)
+    assert box == (slice(1, 5), slice(2, 6), slice(3, 7))
+    assert occupied_box(np.zeros((3, 3, 3), bool)) is None
+    grid = Grid(mask.shape, _turned_grid_affine((0.2, 0.0, 0.4), (2.0, 3.0, 4.0), (5.0, -6.0, 7.0)))
+    sub = sub_grid(grid, box)
+    assert sub.shape == (4, 4, 4)
+    inside = np.array([[0, 0, 0], [3, 2, 1]])  # (i, j, k) of the sub-grid ...
+    assert np.allclose(sub.ijk_to_points(inside), grid.ijk_to_points(inside + [3, 2, 1]))  # ... of the grid
 
 
 def _composed(transform):

@@ -7,6 +7,7 @@ Transforms map *fixed* (target) LPS points to *moving* (atlas) LPS points, as Si
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -143,13 +144,16 @@ class AffineAligner:
         smaller = _physical_volume(moving) < _physical_volume(self.fixed)
         header_fits = [self._fits(moving, start, seed, (smaller,)) for start in centred]
         searched = [fit for start, _ in searched_starts for fit in self._fits(moving, start, seed, (smaller,)).values()]
-        both_ways = not smaller  # whether header_fits holds every direction this atlas is fitted in
-        if not any(header_fits) and not searched and not both_ways:
-            header_fits, both_ways = self._target_fixed_added(moving, centred, seed, header_fits), True
-        if not any(header_fits) and not searched:  # nothing converged: the image centres aligned
-            return centred[1]
-        header = [fits[smaller] for fits in header_fits if smaller in fits]
-        header, searched = self._scored(ready, header), self._scored(ready, searched)
+
+        @functools.cache
+        def header_fits_every_way() -> list[dict[bool, sitk.Transform]]:
+            """Each header start's fits in both directions (one only for a larger atlas), made once."""
+            return self._target_fixed_added(moving, centred, seed, header_fits) if smaller else header_fits
+
+        if not any(header_fits) and not searched and not any(header_fits_every_way()):
+            return centred[1]  # nothing converged: the image centres aligned
+        header = self._scored(ready, [fits[smaller] for fits in header_fits if fits])
+        searched = self._scored(ready, searched)
         # Every start competes with its refinement: the Mattes fit walked off to no overlap at
         # all from centred starts of Dice 0.53-0.57 (registration benchmark, synthetic abdomen),
         # and drifted a target slab to a 15 % scale, 15 mm off, from a pose 11 mm off that
@@ -159,9 +163,8 @@ class AffineAligner:
         header_starts = self._scored(ready, centred)
         candidates = header + searched + header_starts + searched_starts
         if min(self.search.shares(ready, _best(candidates))) >= _WHOLE_SHARE:
-            if not both_ways:
-                header_fits = self._target_fixed_added(moving, centred, seed, header_fits)
-            header = self._scored(ready, [_two_way_best(self.fixed, moving, fits) for fits in header_fits if fits])
+            every_way = header_fits_every_way()
+            header = self._scored(ready, [_two_way_best(self.fixed, moving, fits) for fits in every_way if fits])
             return _preferred(*self._polished_best(ready, header + header_starts, searched + searched_starts))
         # A partial pair: its header starts, centred on two fields of view that differ, are far
         # off by construction (only their refinements, a smaller atlas's with itself fixed,

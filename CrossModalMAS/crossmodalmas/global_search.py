@@ -33,8 +33,8 @@ import torch
 from scipy.optimize import minimize
 
 from crossmodalmas.preprocess import gaussian_smooth
-from crossmodalmas.search_grid import (affine_of, field_of_view_weights, labels_on_ras_grid, on_ras_grid, ras_grid,
-                                       ras_to_lps_affine, translated, values_on_ras_grid)
+from crossmodalmas.search_grid import (affine_of, field_of_view_weights, labels_on_ras_grid, occupied_box, on_ras_grid,
+                                       ras_grid, ras_to_lps_affine, sub_grid, translated, values_on_ras_grid)
 from crossmodalmas.volume import LPS_TO_RAS, Grid, LabelMap, Volume, to_sitk
 
 SEARCH_SPACING_MM = 7.0  # coarse enough for an exhaustive search, fine enough that organs span voxels
@@ -406,15 +406,19 @@ class GlobalSearch:
 
     def _score(self, atlas: MovingImage, transform: sitk.Transform) -> float:
         """``N * MI`` of one placement; each voxel counts by its :func:`field_of_view_weights`."""
-        grid = self.fixed.grid
-        weights = field_of_view_weights(atlas.smoothed, grid, transform, self.spacing_mm)
+        weights = field_of_view_weights(atlas.smoothed, self.fixed.grid, transform, self.spacing_mm)
         both = (weights > 0) & (self.fixed.bins >= 0)
+        box = occupied_box(both)
+        if box is None:
+            return 0.0  # no overlap: no information
+        # the atlas resampled on the box of the overlap only (on a slab, a fraction of the grid)
+        grid, both_in_box = sub_grid(self.fixed.grid, box), both[box]
         values = values_on_ras_grid(atlas.smoothed, grid, transform)
-        classes = np.digitize(values[both], atlas.edges).astype(np.int64)
+        classes = np.digitize(values[both_in_box], atlas.edges).astype(np.int64)
         if atlas.labels is not None:
-            structures = labels_on_ras_grid(atlas.labels, grid, transform)[both]
+            structures = labels_on_ras_grid(atlas.labels, grid, transform)[both_in_box]
             classes += np.unique(structures, return_inverse=True)[1].reshape(-1).astype(np.int64) * BINS
-        rows = int(classes.max()) + 1 if classes.size else 1
+        rows = int(classes.max()) + 1
         joint = np.bincount(classes * BINS + self.fixed.bins[both], weights=weights[both], minlength=rows * BINS)
         return _information(joint.reshape(rows, BINS))
 
