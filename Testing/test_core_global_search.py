@@ -6,7 +6,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from crossmodalmas.affine import affine_align
-from crossmodalmas.global_search import GlobalSearch, pose_transform, rotation_about, search_orientations
+from crossmodalmas.global_search import (GlobalSearch, _present_ranks, _ranks, pose_transform, rotation_about,
+                                         search_orientations)
 from crossmodalmas.preprocess import transform_points_to_target
 from crossmodalmas.search_grid import ras_to_lps_affine
 from crossmodalmas.volume import LabelMap, Volume
@@ -126,6 +127,25 @@ def test_scores_tell_structures_of_one_intensity_apart_by_their_labels():
     assert search.scores(atlas, [truth, shifted]) == pytest.approx([0.0, 0.0], abs=1e-6)  # intensities alone: no evidence
     right, wrong = search.scores(search.moving(atlas, labels), [truth, shifted])
     assert right > wrong > 0.0
+
+
+def test_scores_depend_on_which_voxels_share_a_label_not_on_the_label_ids():
+    target = Volume(_blobs(), _grid((40, 32, 32)))
+    atlas, labels = _featureless_with_labels(target, 14, 26)
+    sparse_ids = np.array([900, 3, 70000, 41], np.int64)[labels.array]  # out of order, with gaps
+    search = GlobalSearch(target, spacing_mm=SPACING)
+    transforms = [sitk.Transform(), sitk.TranslationTransform(3, (2.0, -4.0, 3 * SPACING))]
+    dense = search.scores(search.moving(atlas, labels), transforms)
+    assert search.scores(search.moving(atlas, LabelMap(sparse_ids, labels.ijk_to_ras)), transforms) == pytest.approx(dense)
+
+
+def test_present_ranks_count_what_a_sort_would_give():
+    rng = np.random.default_rng(3)
+    ids = rng.choice(np.array([-7, 0, 5, 2**31 + 9, 12]), size=(6, 5, 4))
+    ranks = _ranks(ids)
+    some = ranks[ranks != ranks.max()]  # one rank absent: the rest re-ranked without a gap
+    assert ranks.dtype == np.int32 and ranks.max() == 4
+    np.testing.assert_array_equal(_present_ranks(some), np.unique(some, return_inverse=True)[1].reshape(-1))
 
 
 def test_polish_follows_the_labels_of_a_featureless_atlas():

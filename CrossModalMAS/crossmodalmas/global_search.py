@@ -225,6 +225,20 @@ def _peaks(score: torch.Tensor, count: int, separation_vox: int) -> list[tuple[i
     return found
 
 
+def _ranks(labels: np.ndarray) -> np.ndarray:
+    """Each label's rank among the label values of ``labels`` (0, 1, ...), as int32: any ids
+    (negative, above 2**31) become small, dense ones for :func:`_present_ranks`."""
+    return np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)
+
+
+def _present_ranks(ranks: np.ndarray) -> np.ndarray:
+    """Each of ``ranks`` (from :func:`_ranks`) re-ranked among the values present, as int64: what
+    ``np.unique(ranks, return_inverse=True)`` gives, by counting rather than sorting (the
+    sort took 40 % of each score, and a score runs a thousand times per atlas)."""
+    present = np.bincount(ranks) > 0
+    return (np.cumsum(present) - 1)[ranks]
+
+
 def _information(joint: np.ndarray) -> float:
     """``N * MI`` (nats) of a joint histogram (see :func:`_dependence_map`)."""
     def n_log_n(counts) -> float:
@@ -255,7 +269,7 @@ class GlobalSearch:
         smoothed = _smoothed(atlas, self.spacing_mm)
         corners = atlas.grid.corners_ras()
         edges = _binned(corners, smoothed, self.spacing_mm, np.eye(3), np.zeros(3)).edges
-        structures = None if labels is None else to_sitk(labels.array.astype(np.int32), labels.ijk_to_ras)
+        structures = None if labels is None else to_sitk(_ranks(labels.array), labels.ijk_to_ras)
         return MovingImage(corners, smoothed, edges, structures)
 
     def poses(self, atlas: Union[Volume, MovingImage], keep: int = 3,
@@ -417,7 +431,7 @@ class GlobalSearch:
         classes = np.digitize(values[both_in_box], atlas.edges).astype(np.int64)
         if atlas.labels is not None:
             structures = labels_on_ras_grid(atlas.labels, grid, transform)[both_in_box]
-            classes += np.unique(structures, return_inverse=True)[1].reshape(-1).astype(np.int64) * BINS
+            classes += _present_ranks(structures) * BINS
         rows = int(classes.max()) + 1
         joint = np.bincount(classes * BINS + self.fixed.bins[both], weights=weights[both], minlength=rows * BINS)
         return _information(joint.reshape(rows, BINS))
