@@ -57,7 +57,8 @@ def test_field_of_view_weights_follow_each_voxel_into_a_turned_image_through_the
     image.SetOrigin((-10.0, 5.0, -8.0))
     image.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.3, -0.4, 0.5).GetMatrix())
     grid = Grid((8, 9, 10), _turned_grid_affine((0.1, 0.2, -0.3), (3.0, 2.5, 3.5), (-20.0, -25.0, -20.0)))
-    transform = sitk.AffineTransform((1.1, 0.1, 0.0, -0.05, 0.9, 0.2, 0.0, 0.1, 1.05), (3.0, -2.0, 1.0), (1.0, 2.0, 3.0))
+    matrix = (1.1, 0.1, 0.0, -0.05, 0.9, 0.2, 0.0, 0.1, 1.05)
+    transform = sitk.AffineTransform(matrix, (3.0, -2.0, 1.0), (1.0, 2.0, 3.0))
     weights = field_of_view_weights(image, grid, transform, 3.0)
     size, spacing = np.array(image.GetSize()), np.array(image.GetSpacing())
     for k, j, i in np.ndindex(grid.shape):

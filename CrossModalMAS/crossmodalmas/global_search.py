@@ -138,7 +138,7 @@ class MovingImage:
     corners_ras: np.ndarray
     smoothed: sitk.Image
     edges: np.ndarray
-    labels: Optional[sitk.Image] = None
+    labels: Optional[sitk.Image] = None  # the label map as ranks 0, 1, ... (:func:`_ranks`)
 
     @property
     def centre(self) -> np.ndarray:
