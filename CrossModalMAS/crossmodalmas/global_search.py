@@ -236,7 +236,7 @@ def _present_ranks(ranks: np.ndarray) -> np.ndarray:
     ``np.unique(ranks, return_inverse=True)`` gives, by counting rather than sorting (the
     sort took 40 % of each score, and a score runs a thousand times per atlas)."""
     present = np.bincount(ranks) > 0
-    return (np.cumsum(present) - 1)[ranks]
+    return (np.cumsum(present, dtype=np.int64) - 1)[ranks]
 
 
 def _information(joint: np.ndarray) -> float:

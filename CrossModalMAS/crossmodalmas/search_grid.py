@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from crossmodalmas.volume import LPS_TO_RAS, Grid, to_sitk
+from crossmodalmas.volume import LPS_TO_RAS, Grid, ijk_to_ras_from_sitk, to_sitk
 
 
 def ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: float) -> Grid:
@@ -100,14 +100,11 @@ def field_of_view_weights(image: sitk.Image, grid: Grid, transform: sitk.Transfo
 def _grid_to_image_index(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
     """The 4x4 from ``grid``'s voxel indices to ``image``'s continuous ones, through ``transform``
     (grid LPS -> image LPS, affine-linear)."""
-    placed = affine_of(transform)
-    matrix = np.asarray(placed.GetMatrix()).reshape(3, 3)
-    centre, shift = np.asarray(placed.GetCenter()), np.asarray(placed.GetTranslation())
+    placed = affine_of(transform)  # centred on the origin: y = matrix @ x + translation
     lps_to_image_lps = np.eye(4)
-    lps_to_image_lps[:3, :3], lps_to_image_lps[:3, 3] = matrix, centre + shift - matrix @ centre
-    index_to_lps = np.eye(4)
-    index_to_lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
-    index_to_lps[:3, 3] = image.GetOrigin()
+    lps_to_image_lps[:3, :3] = np.asarray(placed.GetMatrix()).reshape(3, 3)
+    lps_to_image_lps[:3, 3] = placed.GetTranslation()
+    index_to_lps = LPS_TO_RAS @ ijk_to_ras_from_sitk(image)  # the flip is its own inverse
     return np.linalg.solve(index_to_lps, lps_to_image_lps @ LPS_TO_RAS @ grid.ijk_to_ras)
 
 

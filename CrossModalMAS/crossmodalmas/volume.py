@@ -4,7 +4,7 @@ A grid is a voxel array shape in **KJI** order (slowest axis first, the order
 ``slicer.util.arrayFromVolume`` and ``SimpleITK.GetArrayFromImage`` give) plus a 4x4
 ``ijk_to_ras`` matrix that maps a voxel index **(i, j, k)** (fastest axis first) to a point in
 RAS millimetres. Files hold LPS geometry (ITK's convention); the LPS <-> RAS flip happens in
-exactly one place, :func:`_ijk_to_ras_from_sitk` / :func:`_sitk_geometry_from_ijk_to_ras`.
+exactly one place, :func:`ijk_to_ras_from_sitk` / :func:`_sitk_geometry_from_ijk_to_ras`.
 
 Files are read and written with SimpleITK: anything it reads (NIfTI, NRRD, MHA, a DICOM
 folder). Writes go to a temporary file in the destination folder and are renamed into place,
@@ -115,7 +115,7 @@ class LabelMap(_ArrayOnGrid):
         return values[values != 0]
 
 
-def _ijk_to_ras_from_sitk(image: sitk.Image) -> np.ndarray:
+def ijk_to_ras_from_sitk(image: sitk.Image) -> np.ndarray:
     """ITK's LPS origin/spacing/direction -> our 4x4 IJK -> RAS matrix (the only LPS -> RAS flip)."""
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     ijk_to_lps = np.eye(4)
@@ -144,7 +144,7 @@ def to_sitk(array: np.ndarray, ijk_to_ras: np.ndarray) -> sitk.Image:
 
 def from_sitk(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """A SimpleITK image as (KJI array, IJK -> RAS matrix)."""
-    return sitk.GetArrayFromImage(image), _ijk_to_ras_from_sitk(image)
+    return sitk.GetArrayFromImage(image), ijk_to_ras_from_sitk(image)
 
 
 def _itk_reason(error: RuntimeError) -> str:
