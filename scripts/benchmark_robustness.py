@@ -12,7 +12,7 @@
    from the kernel (``wait4``), against the 8 GB bound.
 3. The hostile-input catalogue (:mod:`hostile_cases`): cases tried and answered as documented.
 
-    python scripts/benchmark_robustness.py [--pairs 24] [--no-ants] [--atlas-counts 1 5 10 20]
+    python scripts/benchmark_robustness.py [--pairs 24] [--jobs 1] [--no-ants] [--atlas-counts 1 5 10 20]
                                            [--no-memory] [--no-hostile] [--quick]
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -83,21 +84,29 @@ def _scored(pair, labels: np.ndarray, seconds: float) -> dict:
     return {"dice": round(mean_dice(labels, pair.truth.array, pair.labels), 4), "seconds": round(seconds, 1)}
 
 
-def partial_fov(pairs: int, ants) -> list[dict]:
-    rows = []
-    for seed in range(pairs):
-        pair = partial_pair(seed)
-        row = {"pair": pair.name, "kind": pair.kind, "fraction": round(pair.fraction, 3), "mix_up": pair.mix_up}
-        methods = {"ours": lambda p: _ours(p, True), "ours without global search": lambda p: _ours(p, False)}
-        if ants is not None:
-            methods["antspyx SyN"] = lambda p: _syn(ants, p)
-        for name, run in methods.items():
-            row[name] = _scored(pair, *run(pair))
-        twin = partial_pair(seed, same_anatomy=True)  # same target and truth: only the atlas's anatomy differs
-        row[CONTROL] = _scored(twin, *_ours(twin, True))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+def _pair_row(seed: int, with_ants: bool) -> dict:
+    """One partial pair's row: each method's Dice and seconds (SyN if ``with_ants``), and the control's."""
+    pair = partial_pair(seed)
+    row = {"pair": pair.name, "kind": pair.kind, "fraction": round(pair.fraction, 3), "mix_up": pair.mix_up}
+    methods = {"ours": lambda p: _ours(p, True), "ours without global search": lambda p: _ours(p, False)}
+    if with_ants:
+        ants = import_ants()
+        methods["antspyx SyN"] = lambda p: _syn(ants, p)
+    for name, run in methods.items():
+        row[name] = _scored(pair, *run(pair))
+    twin = partial_pair(seed, same_anatomy=True)  # same target and truth: only the atlas's anatomy differs
+    row[CONTROL] = _scored(twin, *_ours(twin, True))
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def partial_fov(pairs: int, with_ants: bool, jobs: int = 1) -> list[dict]:
+    """The rows of the first ``pairs`` pairs, in ``jobs`` processes side by side (their seconds
+    then share the machine's cores; Dice does not depend on it)."""
+    if jobs <= 1:
+        return [_pair_row(seed, with_ants) for seed in range(pairs)]
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        return pool.starmap(_pair_row, [(seed, with_ants) for seed in range(pairs)], chunksize=1)
 
 
 def _write_big_case(folder: Path, atlases: int) -> list[str]:
@@ -240,7 +249,8 @@ def _write_section(results: dict) -> None:
     info = results["machine"]
     lines = [f"Run {results['date']} on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, "
              f"antspyx {info['antspyx']}, commit {info['commit']}, {info['threads']} torch thread(s); no GPU. "
-             "`python scripts/benchmark_robustness.py` re-runs it." + (f" {results['note']}" if results.get("note") else ""), ""]
+             "`python scripts/benchmark_robustness.py` re-runs it." + _jobs_note(results.get("jobs", 1))
+             + (f" {results['note']}" if results.get("note") else ""), ""]
     if results.get("partial_fov"):
         lines += _partial_lines(results["partial_fov"]) + [""]
     if results.get("memory"):
@@ -254,6 +264,10 @@ def _write_section(results: dict) -> None:
                   + (f"; not: {', '.join(failed)}" if failed else "")
                   + (f"; not tried here: {', '.join(skipped)}" if skipped else "") + "."]
     replace_section(ROOT / "BENCHMARKS.md", "robustness", ["## Robustness", ""] + lines)
+
+
+def _jobs_note(jobs: int) -> str:
+    return "" if jobs <= 1 else f" The partial pairs ran {jobs} processes side by side (`--jobs {jobs}`): their seconds share the cores."
 
 
 def _with_memory_of(results: dict, other: dict, earlier_commit: bool = False) -> dict:
@@ -275,6 +289,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=24,
                         help="partial-FOV pairs (12 resolved no change smaller than one pair in 12)")
     parser.add_argument("--no-ants", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="partial pairs run in this many processes side by side (their seconds share the cores)")
     parser.add_argument("--atlas-counts", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-hostile", action="store_true")
@@ -303,8 +319,10 @@ def main(argv=None) -> int:
         _write_section(results)
         return 0
     results = {"date": datetime.date.today().isoformat(), "machine": machine()}
-    ants = None if args.no_ants else import_ants()
-    results["partial_fov"] = partial_fov(args.pairs, ants) if args.pairs else []
+    if not args.no_ants:
+        import_ants()  # a missing antspyx fails here, before any pair
+    results["jobs"] = args.jobs
+    results["partial_fov"] = partial_fov(args.pairs, not args.no_ants, args.jobs) if args.pairs else []
     results["memory"] = [] if args.no_memory else memory(args.atlas_counts)
     results["hostile"] = None if args.no_hostile else hostile()
     args.out.write_text(json.dumps(results, indent=1))
