@@ -130,3 +130,8 @@ def test_profile_of_a_same_anatomy_control_peaks_at_the_pose(bench, capsys):
     assert bench.partial_pair_profile.main(["--pairs", "0", "--reach", "6", "--step", "6", "--same-anatomy"]) == 0
     out = capsys.readouterr().out
     assert "pair0 (same anatomy): score peaks at +0 mm, organ Dice at +0 mm" in out
+
+
+def test_the_section_says_when_the_pairs_ran_side_by_side(bench):
+    assert bench.benchmark_robustness._jobs_note(1) == ""
+    assert "ran 2 processes side by side (`--jobs 2`)" in bench.benchmark_robustness._jobs_note(2)

@@ -119,10 +119,10 @@ def _label_table(aligned: Sequence[_Aligned], run: _Run) -> np.ndarray:
 
 def _align_all(target: Volume, sources: Sequence[Union[Atlas, AtlasFiles]], options: SegmentOptions,
                registration: tuple[Register, torch.device], run: _Run):
-    """Check and affinely align each atlas, one at a time (see :class:`_Aligned`); a partial
-    atlas's pose checked against alternatives by the deformable step (``registration``: it and
-    its device, see
-    :mod:`crossmodalmas.pose_check`); and the target voxels no atlas's field of view covers."""
+    """Check and affinely align each atlas, one at a time (see :class:`_Aligned`), a partial
+    atlas's pose checked against alternatives by the deformable step (``registration``: its
+    function and device; see :mod:`crossmodalmas.pose_check`); and the target voxels no atlas's
+    field of view covers."""
     aligned, aligner, covered = [], AffineAligner(target), CoverageCounter(target.grid)
     for index, source in enumerate(sources):
         run.check_cancel()
