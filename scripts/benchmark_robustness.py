@@ -3,8 +3,7 @@
 1. Partial field of view (:mod:`robustness_cases`): atlas slabs of 1/5 to 1/2 of the target and
    target slabs of the atlas, origins a metre apart, tilts, LPS/RAS and head/feet mix-ups, cross
    contrast. The share of pairs whose mean organ Dice is >= 0.5, for this project (global
-   search + affine + pose check + network), the same without the global search (the pose check
-   kept), and antspyx SyN as a user
+   search + affine + network), the same without the global search, and antspyx SyN as a user
    would run it (its default centre-of-mass start); and, as a control, this project on each
    pair's same-anatomy twin (the atlas painted from the target's own abdomen): a pair it finds
    there but not between two subjects is lost to the subjects' differences, not to the search.

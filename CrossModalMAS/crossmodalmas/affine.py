@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, pose_transform
 from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_normalise
-from crossmodalmas.search_grid import affine_of, translated
+from crossmodalmas.search_grid import affine_of
 from crossmodalmas.volume import LPS_TO_RAS, LabelMap, Volume, to_sitk
 
 _AFFINE_SPACING_MM = 4.0  # affine alignment runs on copies resampled to this spacing, for speed
@@ -137,18 +137,6 @@ class AffineAligner:
 
     def align(self, atlas: Volume, seed: int = 0, labels: Optional[LabelMap] = None) -> sitk.Transform:
         """The affine transform of ``atlas`` (see :func:`affine_align`)."""
-        return self.candidates(atlas, seed, labels)[0]
-
-    def candidates(self, atlas: Volume, seed: int = 0, labels: Optional[LabelMap] = None,
-                   shifts_mm: Sequence[float] = ()) -> list[sitk.Transform]:
-        """The affine transform of ``atlas`` (see :func:`affine_align`) first; for a partial pair,
-        then the same moved along the slab's thin axis (:func:`slab_axis`) by each of
-        ``shifts_mm`` (a whole pair: the transform alone).
-
-        Between two subjects, the rigid best match of a slab can lie 10-25 mm from the pose a
-        deformable step does best from (see :mod:`crossmodalmas.pose_check`), most often along
-        that axis: these are the alternatives it is checked against.
-        """
         moving, ready = _downsampled(atlas), self.search.moving(atlas, labels)  # each made once per atlas
         centred, searched_starts = _starts(self.fixed, moving, ready, self.search)
         # refined from the header-based starts and from the search's poses, a smaller atlas with
@@ -163,7 +151,7 @@ class AffineAligner:
             return self._target_fixed_added(moving, centred, seed, header_fits) if smaller else header_fits
 
         if not any(header_fits) and not searched and not any(header_fits_every_way()):
-            return [centred[1]]  # nothing converged: the image centres aligned
+            return centred[1]  # nothing converged: the image centres aligned
         header = self._scored(ready, [fits[smaller] for fits in header_fits if fits])
         searched = self._scored(ready, searched)
         # Every start competes with its refinement: the Mattes fit walked off to no overlap at
@@ -177,13 +165,12 @@ class AffineAligner:
         if min(self.search.shares(ready, _best(candidates))) >= _WHOLE_SHARE:
             every_way = header_fits_every_way()
             header = self._scored(ready, [_two_way_best(self.fixed, moving, fits) for fits in every_way if fits])
-            return [_preferred(*self._polished_best(ready, header + header_starts, searched + searched_starts))]
+            return _preferred(*self._polished_best(ready, header + header_starts, searched + searched_starts))
         # A partial pair: its header starts, centred on two fields of view that differ, are far
         # off by construction (only their refinements, a smaller atlas's with itself fixed,
         # compete); the winner is polished again finer.
         chosen = _preferred(*self._polished_best(ready, header, searched + searched_starts))
-        polished, axis = self._polished(atlas, labels, chosen)
-        return [polished] + [translated(polished, shift * axis) for shift in shifts_mm]
+        return self._polished(atlas, labels, chosen)
 
     def _polished_best(self, ready: MovingImage, *kinds: Sequence[_Scored]) -> list[list[_Scored]]:
         """The best-scoring transform of each kind, polished on the search grid, with its score."""
@@ -192,16 +179,15 @@ class AffineAligner:
     def _scored(self, ready: MovingImage, transforms: Sequence[sitk.Transform]) -> list[_Scored]:
         return list(zip(transforms, self.search.scores(ready, transforms)))
 
-    def _polished(self, atlas: Volume, labels: Optional[LabelMap],
-                  transform: sitk.Transform) -> tuple[sitk.Transform, np.ndarray]:
+    def _polished(self, atlas: Volume, labels: Optional[LabelMap], transform: sitk.Transform) -> sitk.Transform:
         """``transform`` slid along the slab's thin axis, then polished, on the fine search grid
-        (made once, on first use); and that axis (target LPS)."""
+        (made once, on first use)."""
         if self._fine_search is None:
             self._fine_search = GlobalSearch(self._target, spacing_mm=_POLISH_SPACING_MM)
         fine = self._fine_search
         ready = fine.moving(atlas, labels)
         axis = slab_axis(self._target, atlas, transform, fine.shares(ready, transform))
-        return fine.polish(ready, fine.slide(ready, transform, axis, _SLIDE_REACH_MM)), axis
+        return fine.polish(ready, fine.slide(ready, transform, axis, _SLIDE_REACH_MM))
 
     def _fits(self, moving: sitk.Image, start: sitk.Transform, seed: int,
               directions: Sequence[bool]) -> dict[bool, sitk.Transform]:

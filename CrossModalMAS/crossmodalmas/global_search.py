@@ -239,7 +239,7 @@ def _present_ranks(ranks: np.ndarray) -> np.ndarray:
     return (np.cumsum(present, dtype=np.int64) - 1)[ranks]
 
 
-def information(joint: np.ndarray) -> float:
+def _information(joint: np.ndarray) -> float:
     """``N * MI`` (nats) of a joint histogram (see :func:`_dependence_map`)."""
     def n_log_n(counts) -> float:
         return float(np.sum(counts * np.log(np.maximum(counts, 1.0))))
@@ -434,7 +434,7 @@ class GlobalSearch:
             classes += _present_ranks(structures) * BINS
         rows = int(classes.max()) + 1
         joint = np.bincount(classes * BINS + self.fixed.bins[both], weights=weights[both], minlength=rows * BINS)
-        return information(joint.reshape(rows, BINS))
+        return _information(joint.reshape(rows, BINS))
 
 
 def pose_transform(pose: Pose) -> sitk.Euler3DTransform:

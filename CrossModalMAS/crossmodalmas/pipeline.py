@@ -21,7 +21,6 @@ from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.features import descriptor_support, mind_ssc, mind_ssc_each
 from crossmodalmas.options import FusionMethod, SegmentOptions
-from crossmodalmas.pose_check import SHIFTS_MM, Register, candidate_scores, chosen_candidate
 from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.affine import AffineAligner
 from crossmodalmas.preprocess import (label_box_in_target, resample,
@@ -117,25 +116,15 @@ def _label_table(aligned: Sequence[_Aligned], run: _Run) -> np.ndarray:
     return np.array([0] + union, dtype=np.int64)
 
 
-def _align_all(target: Volume, sources: Sequence[Union[Atlas, AtlasFiles]], options: SegmentOptions,
-               registration: tuple[Register, torch.device], run: _Run):
-    """Check and affinely align each atlas, one at a time (see :class:`_Aligned`), a partial
-    atlas's pose checked against alternatives by the deformable step (``registration``: its
-    function and device; see :mod:`crossmodalmas.pose_check`); and the target voxels no atlas's
-    field of view covers."""
+def _align_all(target: Volume, sources: Sequence[Union[Atlas, AtlasFiles]], seed: int, run: _Run):
+    """Check and affinely align each atlas, one at a time (see :class:`_Aligned`); and the
+    target voxels no atlas's field of view covers."""
     aligned, aligner, covered = [], AffineAligner(target), CoverageCounter(target.grid)
     for index, source in enumerate(sources):
         run.check_cancel()
         atlas = _checked(source)
         run.report(index / len(sources), f"affine alignment of atlas {atlas.name}")
-        candidates = aligner.candidates(atlas.image, options.seed, atlas.labels, SHIFTS_MM)
-        transform = candidates[0]
-        if len(candidates) > 1:
-            run.report((index + 0.5) / len(sources), f"atlas {atlas.name} covers part of the target: "
-                                                     f"{len(candidates)} poses checked by the deformable step")
-            scores = candidate_scores(target, atlas, candidates, registration, options.margin_mm,
-                                      options.working_spacing_mm, options.max_working_voxels)
-            transform = candidates[chosen_candidate(scores)]
+        transform = aligner.align(atlas.image, seed, atlas.labels)
         aligned.append(_Aligned(source, atlas.name, transform, set(atlas.labels.labels.tolist()),
                                 label_box_in_target(atlas.labels, transform)))
         covered.add(atlas.labels, transform)
@@ -237,7 +226,7 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
         raise InputError("atlases: no atlas given (at least one labelled atlas is needed)")
     model = load_registration_model(options.model, device)
     run.step("affine", "affine alignment")
-    aligned, unknown = _align_all(target, atlases, options, (_registration(model, options, run, quiet=True), device), run)
+    aligned, unknown = _align_all(target, atlases, options.seed, run)
     if unknown.any():
         run.warn(unknown_warning(unknown))
     table = _label_table(aligned, run)
@@ -255,28 +244,14 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
 
 
 def _register(model, target_t, atlases_t, target_features, atlas_features, support, grid, options, run):
-    message = _registration_message(model)
+    engine = "instance-opt" if model is None else "network"
+    message = "instance optimisation" if model is None else f"registration network {model.name}"
     run.step("register", f"{message}: {atlases_t.shape[0]} atlases")
-    return _registration(model, options, run)(target_t, atlases_t, target_features, atlas_features, support, grid)
-
-
-def _registration_message(model) -> str:
-    return "instance optimisation" if model is None else f"registration network {model.name}"
-
-
-def _registration(model, options: SegmentOptions, run: _Run, quiet: bool = False) -> Register:
-    """The deformable step with the run's model and options; ``quiet`` for the pose check of
-    :mod:`crossmodalmas.pose_check` (the run's own registration reports progress and warns)."""
-    engine, message = "instance-opt" if model is None else "network", _registration_message(model)
-
-    def register(target_t, atlases_t, target_features, atlas_features, support, grid):
-        return deformable_registration(
-            model, target_t, atlases_t, target_features, atlas_features, float(grid.spacing[0]),
-            options.refine_for(engine), options.regularisation,
-            progress=(lambda f: None) if quiet else (lambda f: run.report(f, message)), cancel=run.cancelled,
-            warn=(lambda text: None) if quiet else run.warn, support=support)
-
-    return register
+    return deformable_registration(
+        model, target_t, atlases_t, target_features, atlas_features, float(grid.spacing[0]),
+        options.refine_for(engine), options.regularisation,
+        progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn,
+        support=support)
 
 
 def _support(inside: np.ndarray, device) -> Optional[torch.Tensor]:
