@@ -1,6 +1,9 @@
 """scripts/benchmark_registration.py and its sibling modules: pure helpers on tiny arrays and made-up
 results (no registration run, no ANTs, no network)."""
 
+import os
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -247,6 +250,25 @@ def test_missing_networks_and_ants_leave_their_columns_out(bench, capsys):
     built = methods.build_methods(list(methods.METHODS), None, {"diffeo": "no-such-model-anywhere"}, {}, 5, "cpu",
                                   Path("/nonexistent"))
     assert list(built) == ["identity", "affine", "instance-opt"]
+
+
+def test_import_ants_seeds_antspyx_and_keeps_the_run_s_itk_threads(bench, monkeypatch):
+    calls = []
+
+    def set_ants_deterministic(on=True, seed_value=123):  # as antspyx's: seeds, and sets ITK to one thread
+        calls.append((on, seed_value))
+        monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
+    fake = types.ModuleType("ants")
+    fake.config = types.SimpleNamespace(set_ants_deterministic=set_ants_deterministic)
+    monkeypatch.setitem(sys.modules, "ants", fake)
+    monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "4")
+    assert bench.registration_methods.import_ants() is fake
+    assert calls == [(True, bench.registration_methods.ANTS_SEED)]
+    assert os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "4"
+    monkeypatch.delenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+    bench.registration_methods.import_ants()
+    assert "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS" not in os.environ
 
 
 def test_parse_args(bench):

@@ -68,6 +68,15 @@ def test_found_share_and_verdict(bench):
     assert "50%, **missed**." in missed and "control" not in missed
 
 
+def test_the_syn_sentence_names_the_run_s_seed_or_says_it_had_none(bench):
+    rows = [_row(0.7, 0.0)]
+    seeded = "\n".join(bench.benchmark_robustness._partial_lines(rows, ants_seed=7))
+    assert 'syn_metric="mattes")`, seeded with `--random-seed 7`;' in seeded
+    assert "unseeded (one random draw)" in "\n".join(bench.benchmark_robustness._partial_lines(rows))
+    without_syn = [{k: v for k, v in _row(0.7, 0.0).items() if k != "antspyx SyN"}]
+    assert "random-seed" not in "\n".join(bench.benchmark_robustness._partial_lines(without_syn, ants_seed=7))
+
+
 def test_control_column_is_shown_but_never_judged(bench):
     control = bench.benchmark_robustness.CONTROL
     rows = [dict(_row(0.1, 0.0), **{control: {"dice": dice, "seconds": 12.0}}) for dice in (0.9, 0.2, 0.8)]

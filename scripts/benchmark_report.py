@@ -16,6 +16,7 @@ from registration_cases import (INVERT_FRACTION, PHANTOM_SEEDS, SYNTHETIC_CONFIG
                                 SYNTHETIC_SHAPE, SYNTHETIC_SOURCES, SYNTHETIC_SPACING_MM, SYNTHSEG_BLUR_VOX,
                                 SYNTHSEG_GROUPS, SYNTHSEG_MARGIN_MM, SYNTHSEG_NOISE, SYNTHSEG_PAIRS,
                                 SYNTHSEG_SPACING_MM, TRAINED_SOURCES)
+from registration_methods import ANTS_SEED
 
 PUBLISHED = [  # (method, data, figure, source): published by others, quoted as context only
     ("VoxelMorph", "brain MR (atlas-based)", "Dice 0.753; 0.45 s per pair on a GPU, 57 s on a CPU",
@@ -176,7 +177,8 @@ def notes(info: dict, results: list[dict]) -> list[str]:
         "`working_grid` is `{spacing_mm: 0.001, max_voxels: 1e12}`, so the network runs on the pipeline's working "
         "grid itself. A network that could not be found is skipped, with a message in the run's log.",
         "- syn: `ants.registration(type_of_transform=\"SyN\", aff_metric=\"mattes\", syn_metric=\"mattes\")` (its "
-        "own centre-of-mass start and affine stage; multi-threaded, unseeded), labels warped with `genericLabel`.",
+        "own centre-of-mass start and affine stage; multi-threaded, seeded with "
+        f"`--random-seed {ANTS_SEED}`), labels warped with `genericLabel`.",
         "- % non-positive J: % of voxels where the forward field's Jacobian determinant is <= 0. SDlogJ (Learn2Reg): "
         "std of log(clip(J + 3, 1e-9, 1e9)). Ours: `result.qc[0]` over the working region, of the deformable field "
         "(after the affine); SyN: of its warp field (`ants.create_jacobian_determinant_image`) over the target's "

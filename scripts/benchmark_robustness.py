@@ -29,13 +29,14 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from benchmark_registration import machine
 from markdown_sections import replace_section
 from registration_cases import ROOT, render_contrast
-from registration_methods import _to_ants, import_ants
+from registration_methods import ANTS_SEED, _to_ants, import_ants
 from robustness_cases import mean_dice, partial_pair
 from crossmodalmas import affine
 from crossmodalmas.abdomen_phantom import abdomen_label_map, random_abdomen_anatomy
@@ -177,7 +178,9 @@ def _found(rows: list[dict], method: str) -> tuple[int, int]:
     return sum(d >= FOUND_DICE for d in scored), len(scored)
 
 
-def _partial_lines(rows: list[dict]) -> list[str]:
+def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[str]:
+    """The pairs' table, the share found per method and the target; ``ants_seed``: the run's SyN seed
+    (None: unseeded, as runs before the seed were)."""
     methods = [m for m in ("ours", "ours without global search", "antspyx SyN", CONTROL) if rows and m in rows[0]]
     lines = [f"### Partial field of view ({len(rows)} phantom pairs; found: mean organ Dice >= {FOUND_DICE})", "",
              "| pair | kind | fraction | mix-up | " + " | ".join(f"{m} Dice (s)" for m in methods) + " |",
@@ -193,6 +196,10 @@ def _partial_lines(rows: list[dict]) -> list[str]:
     found, total = _found(rows, "ours")
     verdict = "met" if found >= 0.9 * total else "**missed**"
     lines += ["", f"Target >= 90 % found: {found / total:.0%}, {verdict}."]
+    if "antspyx SyN" in methods:
+        seeded = "unseeded (one random draw)" if ants_seed is None else f"seeded with `--random-seed {ants_seed}`"
+        lines += ["", "antspyx SyN: `ants.registration(type_of_transform=\"SyN\", aff_metric=\"mattes\", "
+                  f"syn_metric=\"mattes\")`, {seeded}; labels warped with `genericLabel`."]
     if CONTROL in methods:
         lines += ["", f"The control is not a result: \"{CONTROL}\" segments each pair's twin whose atlas is painted "
                   "from the target's own abdomen (same target, truth, contrast, slab and frame). The target is "
@@ -252,7 +259,7 @@ def _write_section(results: dict) -> None:
              "`python scripts/benchmark_robustness.py` re-runs it." + _jobs_note(results.get("jobs", 1))
              + (f" {results['note']}" if results.get("note") else ""), ""]
     if results.get("partial_fov"):
-        lines += _partial_lines(results["partial_fov"]) + [""]
+        lines += _partial_lines(results["partial_fov"], results.get("ants_seed")) + [""]
     if results.get("memory"):
         _memory_plot(results["memory"], MEMORY_FIGURE)
         lines += _memory_lines(results["memory"]) + [""]
@@ -267,7 +274,9 @@ def _write_section(results: dict) -> None:
 
 
 def _jobs_note(jobs: int) -> str:
-    return "" if jobs <= 1 else f" The partial pairs ran {jobs} processes side by side (`--jobs {jobs}`): their seconds share the cores."
+    if jobs <= 1:
+        return ""
+    return f" The partial pairs ran {jobs} processes side by side (`--jobs {jobs}`): their seconds share the cores."
 
 
 def _with_memory_of(results: dict, other: dict, earlier_commit: bool = False) -> dict:
@@ -322,6 +331,7 @@ def main(argv=None) -> int:
     if not args.no_ants:
         import_ants()  # a missing antspyx fails here, before any pair
     results["jobs"] = args.jobs
+    results["ants_seed"] = None if args.no_ants else ANTS_SEED
     results["partial_fov"] = partial_fov(args.pairs, not args.no_ants, args.jobs) if args.pairs else []
     results["memory"] = [] if args.no_memory else memory(args.atlas_counts)
     results["hostile"] = None if args.no_hostile else hostile()

@@ -117,13 +117,24 @@ def make_syn(ants) -> Callable[[Pair], Mapped]:
     return run_syn
 
 
+ANTS_SEED = 1  # SyN's Mattes metric samples at random: unseeded, two runs on the same pair differed by 0.25 Dice
+
+
 def import_ants():
-    """antspyx, or None with a printed message (the SyN column is then skipped)."""
+    """antspyx seeded with :data:`ANTS_SEED` (so its columns are one draw anyone can re-run), or None
+    with a printed message (the SyN column is then skipped)."""
     try:
         import ants  # deferred: an optional benchmark dependency
     except ImportError:
         print("antspyx is not installed (pip install antspyx): the SyN column is skipped")
         return None
+    threads = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+    ants.config.set_ants_deterministic(True, seed_value=ANTS_SEED)
+    # it also sets ITK to one thread; the benchmarks time SyN with the threads the run was given
+    if threads is None:
+        os.environ.pop("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", None)
+    else:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = threads
     return ants
 
 
