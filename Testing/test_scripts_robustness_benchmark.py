@@ -98,9 +98,33 @@ def test_memory_table_states_the_bound(bench):
 
 def test_memory_plot_is_written(bench, tmp_path):
     rows = [{"atlases": n, "exit": 0, "seconds": 10.0 * n, "peak_rss_gb": 1.0 + 0.5 * n} for n in (1, 5, 10)]
-    path = tmp_path / "docs" / "memory.png"
-    bench.benchmark_robustness._memory_plot(rows, path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sizes = [_size_row(scale) for scale in (0.5, 1.0)]
+    for by_count, by_size in ((rows, []), (rows, sizes), ([], sizes)):
+        path = tmp_path / f"{len(by_count)}_{len(by_size)}" / "memory.png"
+        bench.benchmark_robustness._memory_plot(by_count, by_size, path)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _size_row(scale: float) -> dict:
+    return {"scale": scale, "shape": [256, 256, 300], "spacing_mm": [1.4, 1.4, 1.2], "megavoxels": 19.7,
+            "atlases": 1, "exit": 0, "seconds": 30.0, "peak_rss_gb": 1.25}
+
+
+def test_target_grids_keep_the_field_of_view_and_scale_the_voxels(bench):
+    robustness = bench.benchmark_robustness
+    full = robustness.target_grid(1.0)
+    assert full.shape == robustness.BIG_SHAPE
+    np.testing.assert_allclose(full.spacing, robustness.BIG_SPACING)
+    for scale, shape in ((0.5, (300, 256, 256)), (1.25, (750, 640, 640))):
+        grid = robustness.target_grid(scale)
+        assert grid.shape == shape
+        np.testing.assert_allclose(grid.spacing * grid.shape[::-1], full.spacing * full.shape[::-1], atol=0.05)
+
+
+def test_size_table_names_each_target(bench):
+    lines = "\n".join(bench.benchmark_robustness._size_lines([_size_row(0.5)]))
+    assert "### Memory and time against target size" in lines and "with 1 atlas of it" in lines
+    assert "| 256 x 256 x 300 | 1.4 x 1.4 x 1.2 | 19.7 | 0 | 30 | 1.25 |" in lines
 
 
 def test_memory_rows_are_taken_only_from_a_run_of_the_same_commit(bench):
@@ -108,9 +132,11 @@ def test_memory_rows_are_taken_only_from_a_run_of_the_same_commit(bench):
     results = {"machine": machine, "partial_fov": [_row(0.7, 0.0)], "memory": []}
     memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
     merged = bench.benchmark_robustness._with_memory_of(results, {"machine": dict(machine), "memory": memory})
-    assert merged["memory"] == memory and merged["partial_fov"] == results["partial_fov"] and "side by side" in merged["note"]
+    assert merged["memory"] == memory and merged["partial_fov"] == results["partial_fov"]
+    assert "side by side" in merged["note"]
     with pytest.raises(SystemExit, match="another machine or commit"):
-        bench.benchmark_robustness._with_memory_of(results, {"machine": {"cpu": "x", "commit": "def"}, "memory": memory})
+        bench.benchmark_robustness._with_memory_of(results, {"machine": {"cpu": "x", "commit": "def"},
+                                                              "memory": memory})
 
 
 def test_memory_rows_of_an_earlier_commit_are_taken_only_when_asked_and_named(bench):
@@ -119,6 +145,9 @@ def test_memory_rows_of_an_earlier_commit_are_taken_only_when_asked_and_named(be
     earlier = {"machine": {"cpu": "x", "commit": "def"}, "date": "2026-11-01", "memory": memory}
     merged = bench.benchmark_robustness._with_memory_of(results, earlier, earlier_commit=True)
     assert merged["memory"] == memory and "commit def" in merged["note"] and "not re-run" in merged["note"]
+    assert "against atlas count are not of this commit" in merged["note"]
+    own_sizes = {**results, "memory_by_size": [_size_row(1.0)]}  # the earlier run had no size rows: ours stay
+    assert bench.benchmark_robustness._with_memory_of(own_sizes, earlier, True)["memory_by_size"] == [_size_row(1.0)]
     with pytest.raises(SystemExit, match="another machine or commit"):  # another machine, never
         bench.benchmark_robustness._with_memory_of(results, {**earlier, "machine": {"cpu": "y", "commit": "def"}},
                                                    earlier_commit=True)

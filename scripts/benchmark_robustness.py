@@ -51,6 +51,8 @@ BIG_SHAPE, BIG_SPACING = (600, 512, 512), (0.7, 0.7, 0.6)  # (K, J, I) and (i, j
 ATLAS_SPACING_MM = 1.5
 MEMORY_BOUND_GB = 8.0
 MEMORY_FIGURE = ROOT / "docs" / "robustness_memory.png"
+TARGET_SCALES = (0.5, 0.75, 1.0, 1.25)  # voxels per axis against the big target's, over its field of view
+SIZE_SWEEP_ATLASES = 1
 
 
 def _ours(pair, global_search: bool) -> tuple[np.ndarray, float]:
@@ -110,16 +112,26 @@ def partial_fov(pairs: int, with_ants: bool, jobs: int = 1) -> list[dict]:
         return pool.starmap(_pair_row, [(seed, with_ants) for seed in range(pairs)], chunksize=1)
 
 
-def _write_big_case(folder: Path, atlases: int) -> list[str]:
-    """The target (as a .nii, uncompressed: I/O is not what is measured) and ``atlases`` atlases,
-    four distinct subjects repeated; returns the segment command's atlas arguments."""
+def target_grid(scale: float):
+    """The big target's grid with ``scale`` times its voxels per axis over the same field of view."""
+    shape = tuple(round(n * scale) for n in BIG_SHAPE)
+    spacing = tuple(round(mm * n / m, 4) for mm, n, m in zip(BIG_SPACING, BIG_SHAPE[::-1], shape[::-1]))
+    return make_grid(shape, spacing, axes="LPS")
+
+
+def _write_big_case(folder: Path, atlases: int, scales: list[float]) -> tuple[dict[float, Path], list[str]]:
+    """One target per scale of :func:`target_grid` (each a .nii, uncompressed: I/O is not what is
+    measured; one anatomy, rendered once) and ``atlases`` atlases, four distinct subjects repeated;
+    returns the targets' paths and the segment command's atlas arguments."""
     rng = np.random.default_rng(0)
     coarse = make_grid((180, 180, 180), (2.0, 2.0, 2.0), axes="LPS")  # the big grid's 360 mm field of view
     labels = abdomen_label_map(random_abdomen_anatomy(rng), coarse)
-    big = make_grid(BIG_SHAPE, BIG_SPACING, axes="LPS")
-    image = resample(render_contrast(labels.array, rng), coarse.ijk_to_ras, big)
-    write_volume(Volume(image, big.ijk_to_ras), folder / "target.nii")
-    del image
+    rendered = render_contrast(labels.array, rng)
+    targets = {}
+    for scale in scales:
+        grid = target_grid(scale)
+        targets[scale] = folder / f"target_{scale:g}.nii"
+        write_volume(Volume(resample(rendered, coarse.ijk_to_ras, grid), grid.ijk_to_ras), targets[scale])
     args = []
     grid = make_grid((134, 174, 234), (ATLAS_SPACING_MM,) * 3, axes="LPS")
     for index in range(atlases):
@@ -132,7 +144,7 @@ def _write_big_case(folder: Path, atlases: int) -> list[str]:
             for suffix in (".nii.gz", "_seg.nii.gz"):
                 os.symlink(folder / f"atlas{index % 4}{suffix}", f"{stem}{suffix}")
         args += ["--atlas", f"{stem}.nii.gz", f"{stem}_seg.nii.gz"]
-    return args
+    return targets, args
 
 
 def _peak_rss_run(argv: list[str]) -> tuple[int, float, float]:
@@ -144,18 +156,32 @@ def _peak_rss_run(argv: list[str]) -> tuple[int, float, float]:
     return child.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024 ** 2  # kB -> GB
 
 
-def memory(counts: list[int]) -> list[dict]:
-    rows = []
+def _segment_row(target: Path, atlas_args: list[str], atlases: int, output: Path) -> dict:
+    argv = [sys.executable, "-m", "crossmodalmas", "segment", "--target", str(target),
+            *atlas_args[: 3 * atlases], "--output", str(output)]
+    code, seconds, peak = _peak_rss_run(argv)
+    return {"atlases": atlases, "exit": code, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2)}
+
+
+def memory(counts: list[int], scales: list[float]) -> tuple[list[dict], list[dict]]:
+    """Peak RSS and seconds of ``crossmodalmas segment`` against the atlas count (on the big target)
+    and against the target's size (scales of :func:`target_grid`, with :data:`SIZE_SWEEP_ATLASES`)."""
+    by_count, by_size = [], []
     with tempfile.TemporaryDirectory(prefix="robustness_") as folder:
         folder = Path(folder)
-        atlas_args = _write_big_case(folder, max(counts))
+        targets, atlas_args = _write_big_case(folder, max([*counts, SIZE_SWEEP_ATLASES]),
+                                              sorted({*scales, *([1.0] if counts else [])}))
         for count in counts:
-            argv = [sys.executable, "-m", "crossmodalmas", "segment", "--target", str(folder / "target.nii"),
-                    *atlas_args[: 3 * count], "--output", str(folder / f"out{count}.nii.gz")]
-            code, seconds, peak = _peak_rss_run(argv)
-            rows.append({"atlases": count, "exit": code, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2)})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
+            by_count.append(_segment_row(targets[1.0], atlas_args, count, folder / f"out{count}.nii.gz"))
+            print(json.dumps(by_count[-1]), flush=True)
+        for scale in scales:
+            grid = target_grid(scale)
+            row = _segment_row(targets[scale], atlas_args, SIZE_SWEEP_ATLASES, folder / f"out_{scale:g}.nii.gz")
+            by_size.append({"scale": scale, "shape": list(grid.shape[::-1]),
+                            "spacing_mm": [round(float(mm), 3) for mm in grid.spacing],
+                            "megavoxels": round(float(np.prod(grid.shape)) / 1e6, 1), **row})
+            print(json.dumps(by_size[-1]), flush=True)
+    return by_count, by_size
 
 
 def hostile() -> dict:
@@ -216,39 +242,57 @@ def _misses_by_cause(rows: list[dict]) -> str:
             f"missed with it too: {', '.join(neither) or 'none'}.")
 
 
-def _memory_plot(rows: list[dict], path: Path) -> None:
-    """Peak RSS and seconds against the number of atlases, with the 8 GB bound."""
+def _memory_plot(by_count: list[dict], by_size: list[dict], path: Path) -> None:
+    """Peak RSS and seconds against the number of atlases and against the target's megavoxels (one
+    row of panels each, where there are rows), with the 8 GB bound."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 3.2))
+    sweeps = [(rows, key, label) for rows, key, label in ((by_count, "atlases", "atlases"),
+              (by_size, "megavoxels", f"target megavoxels ({SIZE_SWEEP_ATLASES} atlas)")) if rows]
+    figure = Figure(figsize=(8, 3.2 * len(sweeps)))
     FigureCanvasAgg(figure)
-    counts = [r["atlases"] for r in rows]
-    rss, seconds = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
-    rss.plot(counts, [r["peak_rss_gb"] for r in rows], "o-")
-    rss.axhline(MEMORY_BOUND_GB, color="red", linestyle="--", label=f"{MEMORY_BOUND_GB:.0f} GB bound")
-    rss.set(xlabel="atlases", ylabel="peak RSS (GB)", title="memory")
-    rss.legend()
-    seconds.plot(counts, [r["seconds"] for r in rows], "o-")
-    seconds.set(xlabel="atlases", ylabel="seconds", title="time (CPU)")
+    for row, (rows, key, label) in enumerate(sweeps):
+        x = [r[key] for r in rows]
+        rss, seconds = figure.add_subplot(len(sweeps), 2, 2 * row + 1), figure.add_subplot(len(sweeps), 2, 2 * row + 2)
+        rss.plot(x, [r["peak_rss_gb"] for r in rows], "o-")
+        rss.axhline(MEMORY_BOUND_GB, color="red", linestyle="--", label=f"{MEMORY_BOUND_GB:.0f} GB bound")
+        rss.set(xlabel=label, ylabel="peak RSS (GB)", title="memory")
+        rss.legend()
+        seconds.plot(x, [r["seconds"] for r in rows], "o-")
+        seconds.set(xlabel=label, ylabel="seconds", title="time (CPU)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
 
 
+def _big_target_words() -> str:
+    return (f"{BIG_SHAPE[2]} x {BIG_SHAPE[1]} x {BIG_SHAPE[0]} at {' x '.join(map(str, BIG_SPACING))} mm "
+            "(CT-like, abdomen phantom)")
+
+
 def _memory_lines(rows: list[dict]) -> list[str]:
     lines = ["### Memory and time against atlas count",
-             f"Target {BIG_SHAPE[2]} x {BIG_SHAPE[1]} x {BIG_SHAPE[0]} at {' x '.join(map(str, BIG_SPACING))} mm "
-             f"(CT-like, abdomen phantom); atlases {ATLAS_SPACING_MM} mm, 234 x 174 x 134 (MR-like), passed as files; "
-             "peak RSS of the `crossmodalmas segment` process (defaults: network + PLF).", "",
+             f"Target {_big_target_words()}; atlases {ATLAS_SPACING_MM} mm, 234 x 174 x 134 (MR-like), passed as "
+             f"files; peak RSS of the `crossmodalmas segment` process (defaults: network + PLF).", "",
              "| atlases | exit | seconds | peak RSS (GB) |", "|---|---|---|---|"]
     lines += [f"| {r['atlases']} | {r['exit']} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} |" for r in rows]
-    lines += ["", f"![peak RSS and time against atlases]({MEMORY_FIGURE.relative_to(ROOT).as_posix()})"]
     ten = [r for r in rows if r["atlases"] == 10]
     if ten:
         held = ten[0]["peak_rss_gb"] < MEMORY_BOUND_GB and ten[0]["exit"] == 0
         lines += ["", f"Bound: 10 atlases under {MEMORY_BOUND_GB:.0f} GB: {ten[0]['peak_rss_gb']:.2f} GB, "
                       f"{'met' if held else '**missed**'}."]
+    return lines
+
+
+def _size_lines(rows: list[dict]) -> list[str]:
+    lines = ["### Memory and time against target size",
+             f"The target of the table above ({_big_target_words()}) resampled to other voxel counts over the same "
+             f"field of view, with {SIZE_SWEEP_ATLASES} atlas of it; the same command.", "",
+             "| target (voxels) | spacing (mm) | megavoxels | exit | seconds | peak RSS (GB) |",
+             "|---|---|---:|---|---:|---:|"]
+    lines += [f"| {' x '.join(map(str, r['shape']))} | {' x '.join(f'{mm:g}' for mm in r['spacing_mm'])} | "
+              f"{r['megavoxels']:.1f} | {r['exit']} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} |" for r in rows]
     return lines
 
 
@@ -260,9 +304,15 @@ def _write_section(results: dict) -> None:
              + (f" {results['note']}" if results.get("note") else ""), ""]
     if results.get("partial_fov"):
         lines += _partial_lines(results["partial_fov"], results.get("ants_seed")) + [""]
-    if results.get("memory"):
-        _memory_plot(results["memory"], MEMORY_FIGURE)
-        lines += _memory_lines(results["memory"]) + [""]
+    by_count, by_size = results.get("memory") or [], results.get("memory_by_size") or []
+    if by_count:
+        lines += _memory_lines(by_count) + [""]
+    if by_size:
+        lines += _size_lines(by_size) + [""]
+    if by_count or by_size:
+        _memory_plot(by_count, by_size, MEMORY_FIGURE)
+        lines += [f"![peak RSS and time against atlases and target size]({MEMORY_FIGURE.relative_to(ROOT).as_posix()})",
+                  ""]
     if results.get("hostile"):
         h = results["hostile"]
         failed = [c["case"] for c in h["cases"] if c["tried"] and not c["passed"]]
@@ -279,18 +329,24 @@ def _jobs_note(jobs: int) -> str:
     return f" The partial pairs ran {jobs} processes side by side (`--jobs {jobs}`): their seconds share the cores."
 
 
+MEMORY_TABLES = {"memory": "against atlas count", "memory_by_size": "against target size"}
+
+
 def _with_memory_of(results: dict, other: dict, earlier_commit: bool = False) -> dict:
-    """``results`` with ``other``'s memory rows: a run of one commit on one machine, or (with
-    ``earlier_commit``) of another commit on this machine, which the section then names."""
+    """``results`` with ``other``'s memory rows (each table ``other`` has rows of; ``results`` keeps
+    its own of the others): a run of one commit on one machine, or (with ``earlier_commit``) of
+    another commit on this machine, which the section then names."""
     same_machine = {k: v for k, v in other["machine"].items() if k != "commit"} == \
         {k: v for k, v in results["machine"].items() if k != "commit"}
     same_commit = other["machine"].get("commit") == results["machine"].get("commit")
     if not same_machine or not (same_commit or earlier_commit):
         raise SystemExit(f"--memory-from: another machine or commit ({other['machine']} vs {results['machine']})")
-    note = ("The memory rows ran side by side with the rest, in a second process." if same_commit else
-            f"The memory rows are not of this commit: they ran at commit {other['machine']['commit']} "
+    taken = {key: other[key] for key in MEMORY_TABLES if other.get(key)}
+    tables = " and ".join(MEMORY_TABLES[key] for key in taken)
+    note = (f"The memory rows {tables} ran side by side with the rest, in a second process." if same_commit else
+            f"The memory rows {tables} are not of this commit: they ran at commit {other['machine']['commit']} "
             f"on {other['date']}, and were not re-run for this one.")
-    return {**results, "memory": other["memory"], "memory_commit": other["machine"].get("commit"), "note": note}
+    return {**results, **taken, "memory_commit": other["machine"].get("commit"), "note": note}
 
 
 def main(argv=None) -> int:
@@ -300,8 +356,12 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ants", action="store_true")
     parser.add_argument("--jobs", type=int, default=1,
                         help="partial pairs run in this many processes side by side (their seconds share the cores)")
-    parser.add_argument("--atlas-counts", type=int, nargs="+", default=[1, 5, 10, 20])
-    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--atlas-counts", type=int, nargs="*", default=[1, 5, 10, 20],
+                        help="memory runs on the big target with these numbers of atlases (none: skip them)")
+    parser.add_argument("--target-scales", type=float, nargs="*", default=list(TARGET_SCALES),
+                        help=f"memory runs with {SIZE_SWEEP_ATLASES} atlas on the big target resampled to these "
+                             "times its voxels per axis (none: skip them)")
+    parser.add_argument("--no-memory", action="store_true", help="no memory runs at all")
     parser.add_argument("--no-hostile", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 pairs, no SyN, no memory runs (a smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark_robustness.json")
@@ -333,7 +393,8 @@ def main(argv=None) -> int:
     results["jobs"] = args.jobs
     results["ants_seed"] = None if args.no_ants else ANTS_SEED
     results["partial_fov"] = partial_fov(args.pairs, not args.no_ants, args.jobs) if args.pairs else []
-    results["memory"] = [] if args.no_memory else memory(args.atlas_counts)
+    results["memory"], results["memory_by_size"] = ([], []) if args.no_memory else \
+        memory(args.atlas_counts, args.target_scales)
     results["hostile"] = None if args.no_hostile else hostile()
     args.out.write_text(json.dumps(results, indent=1))
     if not args.quick:
