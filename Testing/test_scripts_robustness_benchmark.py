@@ -123,7 +123,7 @@ def test_target_grids_keep_the_field_of_view_and_scale_the_voxels(bench):
 
 def test_size_table_names_each_target(bench):
     lines = "\n".join(bench.benchmark_robustness._size_lines([_size_row(0.5)]))
-    assert "### Memory and time against target size" in lines and "with 1 atlas of it" in lines
+    assert "### Memory and time against target size" in lines and "segmented with 1 atlas (the first" in lines
     assert "| 256 x 256 x 300 | 1.4 x 1.4 x 1.2 | 19.7 | 0 | 30 | 1.25 |" in lines
 
 

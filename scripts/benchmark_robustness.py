@@ -287,8 +287,9 @@ def _memory_lines(rows: list[dict]) -> list[str]:
 
 def _size_lines(rows: list[dict]) -> list[str]:
     lines = ["### Memory and time against target size",
-             f"The target of the table above ({_big_target_words()}) resampled to other voxel counts over the same "
-             f"field of view, with {SIZE_SWEEP_ATLASES} atlas of it; the same command.", "",
+             f"The target of {_big_target_words()} resampled to other voxel counts over its field of view, "
+             f"segmented with {SIZE_SWEEP_ATLASES} atlas (the first of those against atlas count) by the same "
+             "command.", "",
              "| target (voxels) | spacing (mm) | megavoxels | exit | seconds | peak RSS (GB) |",
              "|---|---|---:|---|---:|---:|"]
     lines += [f"| {' x '.join(map(str, r['shape']))} | {' x '.join(f'{mm:g}' for mm in r['spacing_mm'])} | "
