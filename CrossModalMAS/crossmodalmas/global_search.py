@@ -102,7 +102,7 @@ class _Binned:
 
 
 def _smoothed(volume: Volume, spacing: float) -> sitk.Image:
-    image = to_sitk(volume.array.astype(np.float32), volume.ijk_to_ras)
+    image = to_sitk(volume.array.astype(np.float32, copy=False), volume.ijk_to_ras)  # to_sitk copies
     sigma = [max(spacing - s, 0.0) / 2.0 for s in image.GetSpacing()]  # anti-aliasing before the coarse grid
     return gaussian_smooth(image, sigma)
 
