@@ -128,29 +128,37 @@ def test_size_table_names_each_target(bench):
 
 
 def test_memory_rows_are_taken_only_from_a_run_of_the_same_commit(bench):
+    robustness = bench.benchmark_robustness
     machine = {"cpu": "x", "commit": "abc"}
     results = {"machine": machine, "partial_fov": [_row(0.7, 0.0)], "memory": []}
     memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
-    merged = bench.benchmark_robustness._with_memory_of(results, {"machine": dict(machine), "memory": memory})
+    merged = robustness._with_memory_of(results, {"machine": dict(machine), "date": "2026-11-02", "memory": memory})
     assert merged["memory"] == memory and merged["partial_fov"] == results["partial_fov"]
-    assert "side by side" in merged["note"]
+    assert robustness._memory_note(merged) == "The memory rows against atlas count ran in a second run of this commit."
     with pytest.raises(SystemExit, match="another machine or commit"):
-        bench.benchmark_robustness._with_memory_of(results, {"machine": {"cpu": "x", "commit": "def"},
-                                                              "memory": memory})
+        robustness._with_memory_of(results, {"machine": {"cpu": "x", "commit": "def"}, "memory": memory})
 
 
-def test_memory_rows_of_an_earlier_commit_are_taken_only_when_asked_and_named(bench):
+def test_memory_rows_of_another_commit_are_taken_only_when_asked_and_each_table_named(bench):
+    robustness = bench.benchmark_robustness
     results = {"machine": {"cpu": "x", "commit": "abc"}, "partial_fov": [_row(0.7, 0.0)], "memory": []}
     memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
     earlier = {"machine": {"cpu": "x", "commit": "def"}, "date": "2026-11-01", "memory": memory}
-    merged = bench.benchmark_robustness._with_memory_of(results, earlier, earlier_commit=True)
-    assert merged["memory"] == memory and "commit def" in merged["note"] and "not re-run" in merged["note"]
-    assert "against atlas count are not of this commit" in merged["note"]
-    own_sizes = {**results, "memory_by_size": [_size_row(1.0)]}  # the earlier run had no size rows: ours stay
-    assert bench.benchmark_robustness._with_memory_of(own_sizes, earlier, True)["memory_by_size"] == [_size_row(1.0)]
+    later = {"machine": {"cpu": "x", "commit": "fed"}, "date": "2026-11-03", "memory_by_size": [_size_row(1.0)]}
+    merged = robustness._with_memory_of(robustness._with_memory_of(results, earlier, another_commit=True), later, True)
+    assert merged["memory"] == memory and merged["memory_by_size"] == [_size_row(1.0)]
+    assert robustness._memory_note(merged) == (
+        "The memory rows against atlas count are of another commit: def, run on 2026-11-01. "
+        "The memory rows against target size are of another commit: fed, run on 2026-11-03.")
+    own_sizes = {**results, "memory_by_size": [_size_row(0.5)]}  # the other run has no size rows: ours stay
+    assert robustness._with_memory_of(own_sizes, earlier, True)["memory_by_size"] == [_size_row(0.5)]
     with pytest.raises(SystemExit, match="another machine or commit"):  # another machine, never
-        bench.benchmark_robustness._with_memory_of(results, {**earlier, "machine": {"cpu": "y", "commit": "def"}},
-                                                   earlier_commit=True)
+        robustness._with_memory_of(results, {**earlier, "machine": {"cpu": "y", "commit": "def"}}, another_commit=True)
+
+
+def test_a_run_before_memory_sources_keeps_its_note(bench):
+    assert bench.benchmark_robustness._memory_note({"machine": {"commit": "abc"}, "note": "As it was."}) == "As it was."
+    assert bench.benchmark_robustness._memory_note({"machine": {"commit": "abc"}}) == ""
 
 
 def test_same_anatomy_twin_differs_from_its_pair_only_in_the_atlas_anatomy(bench):

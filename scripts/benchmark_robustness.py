@@ -302,7 +302,7 @@ def _write_section(results: dict) -> None:
     lines = [f"Run {results['date']} on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, "
              f"antspyx {info['antspyx']}, commit {info['commit']}, {info['threads']} torch thread(s); no GPU. "
              "`python scripts/benchmark_robustness.py` re-runs it." + _jobs_note(results.get("jobs", 1))
-             + (f" {results['note']}" if results.get("note") else ""), ""]
+             + (f" {_memory_note(results)}" if _memory_note(results) else ""), ""]
     if results.get("partial_fov"):
         lines += _partial_lines(results["partial_fov"], results.get("ants_seed")) + [""]
     by_count, by_size = results.get("memory") or [], results.get("memory_by_size") or []
@@ -333,21 +333,34 @@ def _jobs_note(jobs: int) -> str:
 MEMORY_TABLES = {"memory": "against atlas count", "memory_by_size": "against target size"}
 
 
-def _with_memory_of(results: dict, other: dict, earlier_commit: bool = False) -> dict:
+def _with_memory_of(results: dict, other: dict, another_commit: bool = False) -> dict:
     """``results`` with ``other``'s memory rows (each table ``other`` has rows of; ``results`` keeps
-    its own of the others): a run of one commit on one machine, or (with ``earlier_commit``) of
-    another commit on this machine, which the section then names."""
+    its own of the others): a run of one commit on one machine, or (with ``another_commit``) of
+    another commit on this machine. Each table's run is kept, for the section to name."""
     same_machine = {k: v for k, v in other["machine"].items() if k != "commit"} == \
         {k: v for k, v in results["machine"].items() if k != "commit"}
     same_commit = other["machine"].get("commit") == results["machine"].get("commit")
-    if not same_machine or not (same_commit or earlier_commit):
+    if not same_machine or not (same_commit or another_commit):
         raise SystemExit(f"--memory-from: another machine or commit ({other['machine']} vs {results['machine']})")
     taken = {key: other[key] for key in MEMORY_TABLES if other.get(key)}
-    tables = " and ".join(MEMORY_TABLES[key] for key in taken)
-    note = (f"The memory rows {tables} ran side by side with the rest, in a second process." if same_commit else
-            f"The memory rows {tables} are not of this commit: they ran at commit {other['machine']['commit']} "
-            f"on {other['date']}, and were not re-run for this one.")
-    return {**results, **taken, "memory_commit": other["machine"].get("commit"), "note": note}
+    sources = {**(results.get("memory_sources") or {}),
+               **{key: {"commit": other["machine"].get("commit"), "date": other.get("date")} for key in taken}}
+    return {**results, **taken, "memory_sources": sources}
+
+
+def _memory_note(results: dict) -> str:
+    """Which memory tables ran in another run than the rest, and of which commit (a run before
+    ``memory_sources`` kept its own ``note``)."""
+    if "memory_sources" not in results:
+        return results.get("note", "")
+    notes = []
+    for key, source in results["memory_sources"].items():
+        if source["commit"] == results["machine"].get("commit"):
+            notes.append(f"The memory rows {MEMORY_TABLES[key]} ran in a second run of this commit.")
+        else:
+            notes.append(f"The memory rows {MEMORY_TABLES[key]} are of another commit: {source['commit']}, "
+                         f"run on {source['date']}.")
+    return " ".join(notes)
 
 
 def main(argv=None) -> int:
@@ -373,7 +386,7 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-from", type=Path,
                         help="with --from-json: take the memory rows from another run's JSON of the same commit "
                              "(the two halves run side by side, e.g. one --no-memory, one --pairs 0 --no-hostile)")
-    parser.add_argument("--memory-of-earlier-commit", action="store_true",
+    parser.add_argument("--memory-of-another-commit", action="store_true",
                         help="with --memory-from: accept a run of another commit on this machine (the section says so)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -384,7 +397,7 @@ def main(argv=None) -> int:
             results["hostile"] = hostile()
         if args.memory_from:
             results = _with_memory_of(results, json.loads(args.memory_from.read_text(encoding="utf-8")),
-                                      args.memory_of_earlier_commit)
+                                      args.memory_of_another_commit)
         args.out.write_text(json.dumps(results, indent=1))
         _write_section(results)
         return 0
