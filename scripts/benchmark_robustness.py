@@ -9,11 +9,13 @@
    there but not between two subjects is lost to the subjects' differences, not to the search.
 2. Memory and time against atlas count: ``crossmodalmas segment`` in a child process on a
    512 x 512 x 600 CT-like target at 0.7 x 0.7 x 0.6 mm with 1, 5, 10 and 20 atlases; peak RSS
-   from the kernel (``wait4``), against the 8 GB bound.
+   from the kernel (``wait4``), against the 8 GB bound. And against the target's size: that
+   target resampled to 1/2, 3/4, 1 and 5/4 of its voxels per axis, with one atlas.
 3. The hostile-input catalogue (:mod:`hostile_cases`): cases tried and answered as documented.
 
     python scripts/benchmark_robustness.py [--pairs 24] [--jobs 1] [--no-ants] [--atlas-counts 1 5 10 20]
-                                           [--no-memory] [--no-hostile] [--quick]
+                                           [--target-scales 0.5 0.75 1 1.25] [--no-memory] [--no-hostile]
+                                           [--quick]
 """
 
 from __future__ import annotations
@@ -298,11 +300,11 @@ def _size_lines(rows: list[dict]) -> list[str]:
 
 
 def _write_section(results: dict) -> None:
-    info = results["machine"]
+    info, note = results["machine"], _memory_note(results)
     lines = [f"Run {results['date']} on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, "
              f"antspyx {info['antspyx']}, commit {info['commit']}, {info['threads']} torch thread(s); no GPU. "
              "`python scripts/benchmark_robustness.py` re-runs it." + _jobs_note(results.get("jobs", 1))
-             + (f" {_memory_note(results)}" if _memory_note(results) else ""), ""]
+             + (f" {note}" if note else ""), ""]
     if results.get("partial_fov"):
         lines += _partial_lines(results["partial_fov"], results.get("ants_seed")) + [""]
     by_count, by_size = results.get("memory") or [], results.get("memory_by_size") or []
