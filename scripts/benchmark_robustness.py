@@ -256,7 +256,8 @@ def _memory_plot(by_count: list[dict], by_size: list[dict], path: Path) -> None:
     FigureCanvasAgg(figure)
     for row, (rows, key, label) in enumerate(sweeps):
         x = [r[key] for r in rows]
-        rss, seconds = figure.add_subplot(len(sweeps), 2, 2 * row + 1), figure.add_subplot(len(sweeps), 2, 2 * row + 2)
+        rss = figure.add_subplot(len(sweeps), 2, 2 * row + 1)
+        seconds = figure.add_subplot(len(sweeps), 2, 2 * row + 2)
         rss.plot(x, [r["peak_rss_gb"] for r in rows], "o-")
         rss.axhline(MEMORY_BOUND_GB, color="red", linestyle="--", label=f"{MEMORY_BOUND_GB:.0f} GB bound")
         rss.set(xlabel=label, ylabel="peak RSS (GB)", title="memory")
@@ -314,8 +315,8 @@ def _write_section(results: dict) -> None:
         lines += _size_lines(by_size) + [""]
     if by_count or by_size:
         _memory_plot(by_count, by_size, MEMORY_FIGURE)
-        lines += [f"![peak RSS and time against atlases and target size]({MEMORY_FIGURE.relative_to(ROOT).as_posix()})",
-                  ""]
+        figure = MEMORY_FIGURE.relative_to(ROOT).as_posix()
+        lines += [f"![peak RSS and time against atlases and target size]({figure})", ""]
     if results.get("hostile"):
         h = results["hostile"]
         failed = [c["case"] for c in h["cases"] if c["tried"] and not c["passed"]]

@@ -117,7 +117,7 @@ def make_syn(ants) -> Callable[[Pair], Mapped]:
     return run_syn
 
 
-ANTS_SEED = 1  # SyN's Mattes metric samples at random: unseeded, two runs on the same pair differed by 0.25 Dice
+ANTS_SEED = 1  # SyN's Mattes metric samples at random: unseeded, two runs of one pair differ
 
 
 def import_ants():
