@@ -6,7 +6,7 @@ import pytest
 
 from conftest import import_scripts
 
-MODULES = ("robustness_cases", "benchmark_robustness", "partial_pair_profile")
+MODULES = ("robustness_cases", "brain_partial_cases", "benchmark_robustness", "partial_pair_profile")
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +132,11 @@ def test_memory_rows_are_taken_only_from_a_run_of_the_same_commit(bench):
     machine = {"cpu": "x", "commit": "abc"}
     results = {"machine": machine, "partial_fov": [_row(0.7, 0.0)], "memory": []}
     memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
-    merged = robustness._with_memory_of(results, {"machine": dict(machine), "date": "2026-11-02", "memory": memory})
+    merged = robustness._with_tables_of(results, {"machine": dict(machine), "date": "2026-11-02", "memory": memory})
     assert merged["memory"] == memory and merged["partial_fov"] == results["partial_fov"]
-    assert robustness._memory_note(merged) == "The memory rows against atlas count ran in a second run of this commit."
+    assert robustness._sources_note(merged) == "The memory rows against atlas count ran in a second run of this commit."
     with pytest.raises(SystemExit, match="another machine or commit"):
-        robustness._with_memory_of(results, {"machine": {"cpu": "x", "commit": "def"}, "memory": memory})
+        robustness._with_tables_of(results, {"machine": {"cpu": "x", "commit": "def"}, "memory": memory})
 
 
 def test_memory_rows_of_another_commit_are_taken_only_when_asked_and_each_table_named(bench):
@@ -145,20 +145,74 @@ def test_memory_rows_of_another_commit_are_taken_only_when_asked_and_each_table_
     memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
     earlier = {"machine": {"cpu": "x", "commit": "def"}, "date": "2026-11-01", "memory": memory}
     later = {"machine": {"cpu": "x", "commit": "fed"}, "date": "2026-11-03", "memory_by_size": [_size_row(1.0)]}
-    merged = robustness._with_memory_of(robustness._with_memory_of(results, earlier, another_commit=True), later, True)
+    merged = robustness._with_tables_of(robustness._with_tables_of(results, earlier, another_commit=True), later, True)
     assert merged["memory"] == memory and merged["memory_by_size"] == [_size_row(1.0)]
-    assert robustness._memory_note(merged) == (
+    assert robustness._sources_note(merged) == (
         "The memory rows against atlas count are of another commit: def, run on 2026-11-01. "
         "The memory rows against target size are of another commit: fed, run on 2026-11-03.")
     own_sizes = {**results, "memory_by_size": [_size_row(0.5)]}  # the other run has no size rows: ours stay
-    assert robustness._with_memory_of(own_sizes, earlier, True)["memory_by_size"] == [_size_row(0.5)]
+    assert robustness._with_tables_of(own_sizes, earlier, True)["memory_by_size"] == [_size_row(0.5)]
     with pytest.raises(SystemExit, match="another machine or commit"):  # another machine, never
-        robustness._with_memory_of(results, {**earlier, "machine": {"cpu": "y", "commit": "def"}}, another_commit=True)
+        robustness._with_tables_of(results, {**earlier, "machine": {"cpu": "y", "commit": "def"}}, another_commit=True)
 
 
 def test_a_run_before_memory_sources_keeps_its_note(bench):
-    assert bench.benchmark_robustness._memory_note({"machine": {"commit": "abc"}, "note": "As it was."}) == "As it was."
-    assert bench.benchmark_robustness._memory_note({"machine": {"commit": "abc"}}) == ""
+    assert bench.benchmark_robustness._sources_note({"machine": {"commit": "abc"}, "note": "As it was."}) == "As it was."
+    assert bench.benchmark_robustness._sources_note({"machine": {"commit": "abc"}}) == ""
+
+
+def test_a_run_that_named_its_sources_memory_sources_is_read_and_renamed(bench):
+    robustness = bench.benchmark_robustness
+    old = {"machine": {"cpu": "x", "commit": "abc"}, "memory_sources": {"memory": {"commit": "def", "date": "d1"}}}
+    assert robustness._sources_note(old) == "The memory rows against atlas count are of another commit: def, run on d1."
+    brain = {"rows": [_row(0.7, 0.1)], "jobs": 2, "ants_seed": 1}
+    other = {"machine": {"cpu": "x", "commit": "fed"}, "date": "d2", "brain_partial_fov": brain}
+    merged = robustness._with_tables_of(old, other, another_commit=True)
+    assert "memory_sources" not in merged and merged["brain_partial_fov"] == brain
+    assert robustness._sources_note(merged) == ("The memory rows against atlas count are of another commit: def, run "
+                                                "on d1. The brain pairs are of another commit: fed, run on d2.")
+
+
+def _brain_row(name: str, ours: float) -> dict:
+    return {**_row(ours, 0.0), "pair": name, "ours without global search": {"dice": 0.0, "seconds": 5.0}}
+
+
+def test_brain_pairs_are_tabled_with_their_run_and_never_judged(bench):
+    brain = {"rows": [_brain_row("brain0", 0.7), _brain_row("brain1 (A inverted)", 0.3)], "jobs": 2, "ants_seed": 1}
+    lines = "\n".join(bench.benchmark_robustness._brain_lines(brain))
+    assert "### Partial field of view on real brains (2 OASIS pairs; found: mean Dice >= 0.5)" in lines
+    assert "Not what the target is judged on" in lines and "They ran 2 processes side by side." in lines
+    assert "| brain1 (A inverted) | atlas slab | 0.30 | none | 0.300 (10) | 0.000 (5) | 0.000 (20) |" in lines
+    assert "| ours | 1 / 2 | 50% | 10 |" in lines and "Target" not in lines and "control" not in lines
+    assert "seeded with `--random-seed 1`" in lines
+
+
+def test_brain_pairs_are_skipped_with_a_message_without_the_shared_data(bench, monkeypatch, capsys):
+    robustness = bench.benchmark_robustness
+    monkeypatch.setattr(robustness, "brain_data_missing", lambda: "/nowhere is absent")
+    assert robustness.brain_partial_fov(12, with_ants=False) == []
+    assert "skipping the brain partial pairs: /nowhere is absent" in capsys.readouterr().out
+
+
+@pytest.mark.shared_data
+def test_brain_pairs_cover_every_combination_and_lay_out_on_their_truth(bench):
+    cases, brains = bench.robustness_cases, bench.brain_partial_cases
+    if brains.brain_data_missing():
+        pytest.skip(f"needs {brains.brain_data_missing()}")
+    pairs = [brains.brain_partial_pair(seed) for seed in range(brains.BRAIN_PAIRS)]
+    combos = {(p.kind, p.mix_up, "inverted" in p.name) for p in pairs}
+    assert len(combos) == 12  # 2 kinds x 3 mix-ups x 2 contrasts
+    again = brains.brain_partial_pair(0)
+    assert np.array_equal(again.atlas.image.array, pairs[0].atlas.image.array)
+    atlas_slab, target_slab = pairs[0], pairs[1]
+    assert atlas_slab.kind == "atlas slab" and atlas_slab.atlas.image.array.shape[0] < atlas_slab.target.array.shape[0]
+    rows = np.flatnonzero(atlas_slab.truth.array.any(axis=(1, 2)))
+    assert len(rows) <= atlas_slab.atlas.image.array.shape[0]  # the truth is the slab only
+    assert target_slab.target.array.shape[0] < target_slab.atlas.image.array.shape[0]
+    for pair in (atlas_slab, target_slab):
+        assert np.linalg.norm(pair.frame[:3, 3]) > 1.0  # the atlas is in a frame of its own
+        placed = bench.partial_pair_profile.placed_labels(pair, cases.true_transform(pair))
+        assert cases.mean_dice(placed, pair.truth.array, pair.labels) > 0.5  # two brains laid out as made
 
 
 def test_same_anatomy_twin_differs_from_its_pair_only_in_the_atlas_anatomy(bench):

@@ -7,15 +7,17 @@
    would run it (its default centre-of-mass start); and, as a control, this project on each
    pair's same-anatomy twin (the atlas painted from the target's own abdomen): a pair it finds
    there but not between two subjects is lost to the subjects' differences, not to the search.
+   The same on real anatomy (:mod:`brain_partial_cases`: slabs of two OASIS brains), where the
+   shared data is present; not what the target is judged on.
 2. Memory and time against atlas count: ``crossmodalmas segment`` in a child process on a
    512 x 512 x 600 CT-like target at 0.7 x 0.7 x 0.6 mm with 1, 5, 10 and 20 atlases; peak RSS
    from the kernel (``wait4``), against the 8 GB bound. And against the target's size: that
    target resampled to 1/2, 3/4, 1 and 5/4 of its voxels per axis, with one atlas.
 3. The hostile-input catalogue (:mod:`hostile_cases`): cases tried and answered as documented.
 
-    python scripts/benchmark_robustness.py [--pairs 24] [--jobs 1] [--no-ants] [--atlas-counts 1 5 10 20]
-                                           [--target-scales 0.5 0.75 1 1.25] [--no-memory] [--no-hostile]
-                                           [--quick]
+    python scripts/benchmark_robustness.py [--pairs 24] [--brain-pairs 12] [--jobs 1] [--no-ants]
+                                           [--atlas-counts 1 5 10 20] [--target-scales 0.5 0.75 1 1.25]
+                                           [--no-memory] [--no-hostile] [--quick]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 from benchmark_registration import machine
 from markdown_sections import replace_section
 from registration_cases import ROOT, render_contrast
+from brain_partial_cases import BRAIN_PAIRS, brain_data_missing, brain_partial_pair
 from registration_methods import ANTS_SEED, _to_ants, import_ants
 from robustness_cases import mean_dice, partial_pair
 from crossmodalmas import affine
@@ -89,9 +92,13 @@ def _scored(pair, labels: np.ndarray, seconds: float) -> dict:
     return {"dice": round(mean_dice(labels, pair.truth.array, pair.labels), 4), "seconds": round(seconds, 1)}
 
 
-def _pair_row(seed: int, with_ants: bool) -> dict:
-    """One partial pair's row: each method's Dice and seconds (SyN if ``with_ants``), and the control's."""
-    pair = partial_pair(seed)
+PAIR_SETS = {"phantom": partial_pair, "brain": brain_partial_pair}
+
+
+def _pair_row(seed: int, with_ants: bool, pair_set: str = "phantom") -> dict:
+    """One partial pair's row: each method's Dice and seconds (SyN if ``with_ants``), and for a
+    phantom pair its control's."""
+    pair = PAIR_SETS[pair_set](seed)
     row = {"pair": pair.name, "kind": pair.kind, "fraction": round(pair.fraction, 3), "mix_up": pair.mix_up}
     methods = {"ours": lambda p: _ours(p, True), "ours without global search": lambda p: _ours(p, False)}
     if with_ants:
@@ -99,19 +106,31 @@ def _pair_row(seed: int, with_ants: bool) -> dict:
         methods["antspyx SyN"] = lambda p: _syn(ants, p)
     for name, run in methods.items():
         row[name] = _scored(pair, *run(pair))
-    twin = partial_pair(seed, same_anatomy=True)  # same target and truth: only the atlas's anatomy differs
-    row[CONTROL] = _scored(twin, *_ours(twin, True))
+    if pair_set == "phantom":
+        twin = partial_pair(seed, same_anatomy=True)  # same target and truth: only the atlas's anatomy differs
+        row[CONTROL] = _scored(twin, *_ours(twin, True))
     print(json.dumps(row), flush=True)
     return row
 
 
-def partial_fov(pairs: int, with_ants: bool, jobs: int = 1) -> list[dict]:
-    """The rows of the first ``pairs`` pairs, in ``jobs`` processes side by side (their seconds
-    then share the machine's cores; Dice does not depend on it)."""
+def partial_fov(pairs: int, with_ants: bool, jobs: int = 1, pair_set: str = "phantom") -> list[dict]:
+    """The rows of the first ``pairs`` pairs of ``pair_set`` (a key of :data:`PAIR_SETS`), in
+    ``jobs`` processes side by side (their seconds then share the machine's cores; Dice does not
+    depend on it)."""
+    tasks = [(seed, with_ants, pair_set) for seed in range(pairs)]
     if jobs <= 1:
-        return [_pair_row(seed, with_ants) for seed in range(pairs)]
+        return [_pair_row(*task) for task in tasks]
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        return pool.starmap(_pair_row, [(seed, with_ants) for seed in range(pairs)], chunksize=1)
+        return pool.starmap(_pair_row, tasks, chunksize=1)
+
+
+def brain_partial_fov(pairs: int, with_ants: bool, jobs: int = 1) -> list[dict]:
+    """:func:`partial_fov` of the real-brain pairs; none, with a message, without the shared data."""
+    missing = brain_data_missing() if pairs else ""
+    if missing:
+        print(f"skipping the brain partial pairs: {missing}")
+        return []
+    return partial_fov(pairs, with_ants, jobs, "brain")
 
 
 def target_grid(scale: float):
@@ -206,12 +225,9 @@ def _found(rows: list[dict], method: str) -> tuple[int, int]:
     return sum(d >= FOUND_DICE for d in scored), len(scored)
 
 
-def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[str]:
-    """The pairs' table, the share found per method and the target; ``ants_seed``: the run's SyN seed
-    (None: unseeded, as runs before the seed were)."""
-    methods = [m for m in ("ours", "ours without global search", "antspyx SyN", CONTROL) if rows and m in rows[0]]
-    lines = [f"### Partial field of view ({len(rows)} phantom pairs; found: mean organ Dice >= {FOUND_DICE})", "",
-             "| pair | kind | fraction | mix-up | " + " | ".join(f"{m} Dice (s)" for m in methods) + " |",
+def _pairs_tables(rows: list[dict], methods: list[str]) -> list[str]:
+    """Each pair's Dice and seconds per method, then the share each method found."""
+    lines = ["| pair | kind | fraction | mix-up | " + " | ".join(f"{m} Dice (s)" for m in methods) + " |",
              "|---|---|---|---|" + "---|" * len(methods)]
     for row in rows:
         cells = [f"{row[m]['dice']:.3f} ({row[m]['seconds']:.0f})" for m in methods]
@@ -221,17 +237,48 @@ def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[st
         found, total = _found(rows, m)
         seconds = float(np.median([row[m]["seconds"] for row in rows]))
         lines.append(f"| {m} | {found} / {total} | {found / total:.0%} | {seconds:.0f} |")
+    return lines
+
+
+def _syn_sentence(ants_seed: Optional[int]) -> str:
+    """How SyN ran; ``ants_seed`` None: unseeded, as runs before the seed were."""
+    seeded = "unseeded (one random draw)" if ants_seed is None else f"seeded with `--random-seed {ants_seed}`"
+    return ("antspyx SyN: `ants.registration(type_of_transform=\"SyN\", aff_metric=\"mattes\", "
+            f"syn_metric=\"mattes\")`, {seeded}; labels warped with `genericLabel`.")
+
+
+def _methods(rows: list[dict]) -> list[str]:
+    return [m for m in ("ours", "ours without global search", "antspyx SyN", CONTROL) if rows and m in rows[0]]
+
+
+def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[str]:
+    """The phantom pairs' tables and the target; ``ants_seed``: the run's SyN seed."""
+    methods = _methods(rows)
+    lines = [f"### Partial field of view ({len(rows)} phantom pairs; found: mean organ Dice >= {FOUND_DICE})", "",
+             *_pairs_tables(rows, methods)]
     found, total = _found(rows, "ours")
     verdict = "met" if found >= 0.9 * total else "**missed**"
     lines += ["", f"Target >= 90 % found: {found / total:.0%}, {verdict}."]
     if "antspyx SyN" in methods:
-        seeded = "unseeded (one random draw)" if ants_seed is None else f"seeded with `--random-seed {ants_seed}`"
-        lines += ["", "antspyx SyN: `ants.registration(type_of_transform=\"SyN\", aff_metric=\"mattes\", "
-                  f"syn_metric=\"mattes\")`, {seeded}; labels warped with `genericLabel`."]
+        lines += ["", _syn_sentence(ants_seed)]
     if CONTROL in methods:
         lines += ["", f"The control is not a result: \"{CONTROL}\" segments each pair's twin whose atlas is painted "
                   "from the target's own abdomen (same target, truth, contrast, slab and frame). The target is "
                   "judged on \"ours\", between two subjects. " + _misses_by_cause(rows)]
+    return lines
+
+
+def _brain_lines(brain: dict) -> list[str]:
+    """The real-brain pairs' tables (``brain``: rows, jobs and SyN seed of their run): not judged."""
+    rows, methods = brain["rows"], _methods(brain["rows"])
+    side_by_side = f" They ran {brain['jobs']} processes side by side." if brain.get("jobs", 1) > 1 else ""
+    lines = [f"### Partial field of view on real brains ({len(rows)} OASIS pairs; found: mean Dice >= {FOUND_DICE})",
+             "", "Slabs of two real T1 brains (OASIS A the atlas, B the target; `scripts/brain_partial_cases.py`) "
+             "in the phantom pairs' scanner frames, tilts and mix-ups, A's contrast inverted in the pairs marked so; "
+             "Dice over the labels of B's map. Not what the target is judged on: a check that the search "
+             "finds real anatomy as it finds the phantom's." + side_by_side, "", *_pairs_tables(rows, methods)]
+    if "antspyx SyN" in methods:
+        lines += ["", _syn_sentence(brain.get("ants_seed"))]
     return lines
 
 
@@ -301,13 +348,15 @@ def _size_lines(rows: list[dict]) -> list[str]:
 
 
 def _write_section(results: dict) -> None:
-    info, note = results["machine"], _memory_note(results)
+    info, note = results["machine"], _sources_note(results)
     lines = [f"Run {results['date']} on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, "
              f"antspyx {info['antspyx']}, commit {info['commit']}, {info['threads']} torch thread(s); no GPU. "
              "`python scripts/benchmark_robustness.py` re-runs it." + _jobs_note(results.get("jobs", 1))
              + (f" {note}" if note else ""), ""]
     if results.get("partial_fov"):
         lines += _partial_lines(results["partial_fov"], results.get("ants_seed")) + [""]
+    if results.get("brain_partial_fov"):
+        lines += _brain_lines(results["brain_partial_fov"]) + [""]
     by_count, by_size = results.get("memory") or [], results.get("memory_by_size") or []
     if by_count:
         lines += _memory_lines(by_count) + [""]
@@ -333,35 +382,44 @@ def _jobs_note(jobs: int) -> str:
     return f" The partial pairs ran {jobs} processes side by side (`--jobs {jobs}`): their seconds share the cores."
 
 
-MEMORY_TABLES = {"memory": "against atlas count", "memory_by_size": "against target size"}
+MERGED_TABLES = {"memory": "memory rows against atlas count", "memory_by_size": "memory rows against target size",
+                 "brain_partial_fov": "brain pairs"}
 
 
-def _with_memory_of(results: dict, other: dict, another_commit: bool = False) -> dict:
-    """``results`` with ``other``'s memory rows (each table ``other`` has rows of; ``results`` keeps
-    its own of the others): a run of one commit on one machine, or (with ``another_commit``) of
-    another commit on this machine. Each table's run is kept, for the section to name."""
+def _with_tables_of(results: dict, other: dict, another_commit: bool = False) -> dict:
+    """``results`` with ``other``'s tables of :data:`MERGED_TABLES` (each table ``other`` has rows
+    of; ``results`` keeps its own of the others): a run of one commit on one machine, or (with
+    ``another_commit``) of another commit on this machine. Each table's run is kept, for the
+    section to name."""
     same_machine = {k: v for k, v in other["machine"].items() if k != "commit"} == \
         {k: v for k, v in results["machine"].items() if k != "commit"}
     same_commit = other["machine"].get("commit") == results["machine"].get("commit")
     if not same_machine or not (same_commit or another_commit):
-        raise SystemExit(f"--memory-from: another machine or commit ({other['machine']} vs {results['machine']})")
-    taken = {key: other[key] for key in MEMORY_TABLES if other.get(key)}
-    sources = {**(results.get("memory_sources") or {}),
+        raise SystemExit(f"--tables-from: another machine or commit ({other['machine']} vs {results['machine']})")
+    taken = {key: other[key] for key in MERGED_TABLES if other.get(key)}
+    sources = {**(_table_sources(results) or {}),
                **{key: {"commit": other["machine"].get("commit"), "date": other.get("date")} for key in taken}}
-    return {**results, **taken, "memory_sources": sources}
+    kept = {k: v for k, v in results.items() if k != "memory_sources"}
+    return {**kept, **taken, "table_sources": sources}
 
 
-def _memory_note(results: dict) -> str:
-    """Which memory tables ran in another run than the rest, and of which commit (a run before
-    ``memory_sources`` kept its own ``note``)."""
-    if "memory_sources" not in results:
+def _table_sources(results: dict) -> Optional[dict]:
+    """Which run each merged table came from (``memory_sources`` in JSON written before the brain pairs)."""
+    return results.get("table_sources", results.get("memory_sources"))
+
+
+def _sources_note(results: dict) -> str:
+    """Which tables ran in another run than the rest, and of which commit (a run before table
+    sources were kept has its own ``note``)."""
+    sources = _table_sources(results)
+    if sources is None:
         return results.get("note", "")
     notes = []
-    for key, source in results["memory_sources"].items():
+    for key, source in sources.items():
         if source["commit"] == results["machine"].get("commit"):
-            notes.append(f"The memory rows {MEMORY_TABLES[key]} ran in a second run of this commit.")
+            notes.append(f"The {MERGED_TABLES[key]} ran in a second run of this commit.")
         else:
-            notes.append(f"The memory rows {MEMORY_TABLES[key]} are of another commit: {source['commit']}, "
+            notes.append(f"The {MERGED_TABLES[key]} are of another commit: {source['commit']}, "
                          f"run on {source['date']}.")
     return " ".join(notes)
 
@@ -370,6 +428,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=24,
                         help="partial-FOV pairs (12 resolved no change smaller than one pair in 12)")
+    parser.add_argument("--brain-pairs", type=int, default=BRAIN_PAIRS,
+                        help="real-brain partial pairs (needs ../shared/data; 0: none)")
     parser.add_argument("--no-ants", action="store_true")
     parser.add_argument("--jobs", type=int, default=1,
                         help="partial pairs run in this many processes side by side (their seconds share the cores)")
@@ -380,27 +440,27 @@ def main(argv=None) -> int:
                              "times its voxels per axis (none: skip them)")
     parser.add_argument("--no-memory", action="store_true", help="no memory runs at all")
     parser.add_argument("--no-hostile", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="2 pairs, no SyN, no memory runs (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="2 phantom pairs, no SyN, no memory runs (a smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmark_robustness.json")
     parser.add_argument("--hostile-only", action="store_true",
                         help="run the catalogue and update an earlier run's --out JSON and section")
     parser.add_argument("--from-json", action="store_true",
                         help="redraw the section and figure from an earlier run's --out JSON, measuring nothing")
-    parser.add_argument("--memory-from", type=Path,
-                        help="with --from-json: take the memory rows from another run's JSON of the same commit "
-                             "(the two halves run side by side, e.g. one --no-memory, one --pairs 0 --no-hostile)")
-    parser.add_argument("--memory-of-another-commit", action="store_true",
-                        help="with --memory-from: accept a run of another commit on this machine (the section says so)")
+    parser.add_argument("--tables-from", type=Path,
+                        help="with --from-json: take the memory rows and brain pairs from another run's JSON of the "
+                             "same commit (the halves run side by side, e.g. one --no-memory, one --pairs 0 --no-hostile)")
+    parser.add_argument("--tables-of-another-commit", action="store_true",
+                        help="with --tables-from: accept a run of another commit on this machine (the section says so)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.no_ants, args.no_memory = 2, True, True
+        args.pairs, args.brain_pairs, args.no_ants, args.no_memory = 2, 0, True, True
     if args.hostile_only or args.from_json:
         results = json.loads(args.out.read_text(encoding="utf-8"))
         if args.hostile_only:
             results["hostile"] = hostile()
-        if args.memory_from:
-            results = _with_memory_of(results, json.loads(args.memory_from.read_text(encoding="utf-8")),
-                                      args.memory_of_another_commit)
+        if args.tables_from:
+            results = _with_tables_of(results, json.loads(args.tables_from.read_text(encoding="utf-8")),
+                                      args.tables_of_another_commit)
         args.out.write_text(json.dumps(results, indent=1))
         _write_section(results)
         return 0
@@ -410,6 +470,9 @@ def main(argv=None) -> int:
     results["jobs"] = args.jobs
     results["ants_seed"] = None if args.no_ants else ANTS_SEED
     results["partial_fov"] = partial_fov(args.pairs, not args.no_ants, args.jobs) if args.pairs else []
+    brain_rows = brain_partial_fov(args.brain_pairs, not args.no_ants, args.jobs)
+    results["brain_partial_fov"] = {"rows": brain_rows, "jobs": args.jobs, "ants_seed": results["ants_seed"]} \
+        if brain_rows else None
     results["memory"], results["memory_by_size"] = ([], []) if args.no_memory else \
         memory(args.atlas_counts, args.target_scales)
     results["hostile"] = None if args.no_hostile else hostile()

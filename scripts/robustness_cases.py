@@ -37,7 +37,7 @@ from registration_cases import render_contrast
 SPACING_MM = 2.5
 FRACTIONS = (0.2, 0.5)  # the slab's share of the other image's S-I extent, drawn uniformly
 _NOT_SCORED = (AbdomenLabel.BODY_WALL, AbdomenLabel.OTHER_SOFT_TISSUE)
-_MIX_UPS = {"none": np.eye(3), "LPS/RAS": rotation_about(2, 180.0), "head/feet": rotation_about(1, 180.0)}
+MIX_UPS = {"none": np.eye(3), "LPS/RAS": rotation_about(2, 180.0), "head/feet": rotation_about(1, 180.0)}
 
 
 @dataclass
@@ -59,11 +59,11 @@ def _grid(extent_si: float, centre_s: float):
     return make_grid(shape, (SPACING_MM,) * 3, centre_ras=(0.0, 0.0, centre_s), axes="LPS")
 
 
-def _scanner_frame(rng: np.random.Generator, mix_up: str) -> np.ndarray:
+def scanner_frame(rng: np.random.Generator, mix_up: str) -> np.ndarray:
     """A 4x4 RAS -> RAS of the atlas's own scanner: a mix-up, a tilt, and an origin far away."""
     tilt = rotation_about(0, rng.uniform(-10, 10)) @ rotation_about(1, rng.uniform(-10, 10)) @ rotation_about(2, rng.uniform(-10, 10))
     frame = np.eye(4)
-    frame[:3, :3] = _MIX_UPS[mix_up] @ tilt
+    frame[:3, :3] = MIX_UPS[mix_up] @ tilt
     frame[:3, 3] = rng.uniform(-1000.0, 1000.0, 3)
     return frame
 
@@ -73,7 +73,7 @@ def partial_pair(seed: int, same_anatomy: bool = False) -> PartialPair:
     from the target's anatomy, every other draw the same)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 8]))
     kind = ("atlas slab", "target slab")[seed % 2]
-    mix_up = list(_MIX_UPS)[(seed // 2) % 3]
+    mix_up = list(MIX_UPS)[(seed // 2) % 3]
     fraction = float(rng.uniform(*FRACTIONS))
     full = ABDOMEN_FOV_MM[0]
     slab_centre = float(rng.uniform(-(1 - fraction) * full / 2, (1 - fraction) * full / 2))
@@ -83,7 +83,7 @@ def partial_pair(seed: int, same_anatomy: bool = False) -> PartialPair:
     target_labels = abdomen_label_map(target_anatomy, target_grid).array
     atlas_labels = abdomen_label_map(target_anatomy if same_anatomy else atlas_anatomy, atlas_grid).array
     target = Volume(render_contrast(target_labels, rng), target_grid.ijk_to_ras)
-    scanner = _scanner_frame(rng, mix_up)
+    scanner = scanner_frame(rng, mix_up)
     frame = scanner @ atlas_grid.ijk_to_ras
     atlas = Atlas(f"atlas{seed}", Volume(render_contrast(atlas_labels, rng), frame), LabelMap(atlas_labels, frame))
     covered = _inside_slab(target_grid, slab) if kind == "atlas slab" else np.ones(target_grid.shape, bool)
