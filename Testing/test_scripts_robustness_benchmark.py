@@ -63,7 +63,7 @@ def test_found_share_and_verdict(bench):
     assert bench.benchmark_robustness._found(rows, "ours") == (9, 10)
     assert bench.benchmark_robustness._found(rows, "antspyx SyN") == (1, 10)
     lines = "\n".join(bench.benchmark_robustness._partial_lines(rows))
-    assert "| ours | 9 / 10 | 90% | 10 |" in lines and "90%, met." in lines
+    assert "| ours | 9 / 10 | 90% | 0.650 | 10 |" in lines and "90%, met." in lines
     missed = "\n".join(bench.benchmark_robustness._partial_lines([_row(0.7, 0.0), _row(0.1, 0.0)]))
     assert "50%, **missed**." in missed and "control" not in missed
 
@@ -84,7 +84,7 @@ def test_control_column_is_shown_but_never_judged(bench):
     for row, name in zip(rows, ("p0", "p1", "p2")):
         row["pair"] = name
     lines = "\n".join(bench.benchmark_robustness._partial_lines(rows))
-    assert f"| {control} | 2 / 3 | 67% | 12 |" in lines
+    assert f"| {control} | 2 / 3 | 67% | 0.633 | 12 |" in lines
     assert "33%, **missed**." in lines and "The control is not a result" in lines
     assert "Of ours' 2 misses, found with the same anatomy: p0; missed with it too: p1." in lines
 
@@ -183,7 +183,7 @@ def test_brain_pairs_are_tabled_with_their_run_and_never_judged(bench):
     assert "### Partial field of view on real brains (2 OASIS pairs; found: mean Dice >= 0.5)" in lines
     assert "Not what the target is judged on" in lines and "They ran 2 processes side by side." in lines
     assert "| brain1 (A inverted) | atlas slab | 0.30 | none | 0.300 (10) | 0.000 (5) | 0.000 (20) |" in lines
-    assert "| ours | 1 / 2 | 50% | 10 |" in lines and "Target" not in lines and "control" not in lines
+    assert "| ours | 1 / 2 | 50% | 0.500 | 10 |" in lines and "Target" not in lines and "control" not in lines
     assert "seeded with `--random-seed 1`" in lines
 
 
