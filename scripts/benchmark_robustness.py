@@ -38,9 +38,9 @@ from typing import Optional
 import numpy as np
 
 from benchmark_registration import machine
+from brain_partial_cases import BRAIN_PAIRS, brain_data_missing, brain_partial_pair
 from markdown_sections import replace_section
 from registration_cases import ROOT, render_contrast
-from brain_partial_cases import BRAIN_PAIRS, brain_data_missing, brain_partial_pair
 from registration_methods import ANTS_SEED, _to_ants, import_ants
 from robustness_cases import mean_dice, partial_pair
 from crossmodalmas import affine
@@ -235,8 +235,8 @@ def _pairs_tables(rows: list[dict], methods: list[str]) -> list[str]:
     lines += ["", "| method | found | share | mean Dice | median seconds |", "|---|---|---|---|---|"]
     for m in methods:
         found, total = _found(rows, m)
-        dice, seconds = (float(f([row[m][key] for row in rows])) for f, key in ((np.mean, "dice"),
-                                                                                (np.median, "seconds")))
+        dice = float(np.mean([row[m]["dice"] for row in rows]))
+        seconds = float(np.median([row[m]["seconds"] for row in rows]))
         lines.append(f"| {m} | {found} / {total} | {found / total:.0%} | {dice:.3f} | {seconds:.0f} |")
     return lines
 
