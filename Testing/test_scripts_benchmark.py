@@ -1,6 +1,7 @@
 """scripts/benchmark_registration.py and its sibling modules: pure helpers on tiny arrays and made-up
 results (no registration run, no ANTs, no network)."""
 
+import json
 import os
 import sys
 import types
@@ -210,6 +211,30 @@ def test_markdown_holds_every_section_and_row(bench, tmp_path):
     assert "VoxelMorph" in text and "never trained on" in text
     assert ("| mean Dice >= SyN + 0.05 on the held-out synthetic pairs | net-diffeo | 0.700 vs SyN 0.600 (2 pairs) "
             "| met |") in text
+
+
+def test_a_dice_verdict_between_figures_equal_to_3_decimals_shows_4(bench):
+    results = _results()
+    results[2]["methods"]["net-diffeo"]["mean_dice"] = 0.74656  # oasis A(inverted)->B, SyN 0.75
+    results[2]["methods"]["syn"]["mean_dice"] = 0.74720
+    by = {(t.requirement, t.subject): t for t in bench.benchmark_targets.targets(results, _speed())}
+    inverted = by[("Dice >= SyN on `oasis A(inverted)->B`", "net-diffeo")]
+    assert inverted.measured == "0.7466 vs SyN 0.7472" and inverted.met is False
+    assert by[("Dice >= SyN on `oasis A->B`", "net-diffeo")].measured == "0.760 vs SyN 0.750"
+
+
+def test_from_json_redraws_the_section_of_an_earlier_run(bench, tmp_path, capsys):
+    info = {"date": "2026-01-01", "command": "python x", "commit": "abc", "cpu": "CPU", "cores": 2, "torch": "2",
+            "threads": 2, "antspyx": "0.6", "simpleitk": "2.5", "python": "3.11", "ours_device": "cpu", "refine": 30,
+            "models": _speed()["models"], "peak_load": 1.0}
+    raw = tmp_path / "run.json"
+    raw.write_text(json.dumps({"machine": info, "results": _results(), "speed": _speed(), "targets": []}))
+    out = tmp_path / "bench.md"
+    assert bench.benchmark_registration.main(["--from-json", "--json", str(raw), "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "Run on 2026-01-01 with `python x`, code at `abc`" in text
+    assert "| Dice >= SyN on `oasis A->B` | net-diffeo | 0.760 vs SyN 0.750 | met |" in text
+    assert "redrew" in capsys.readouterr().out
 
 
 def _fake_entry(folder: Path, name="tiny") -> ModelEntry:

@@ -3,13 +3,15 @@
     python scripts/benchmark_registration.py [--cases brain,phantom,synthseg,synthetic] [--methods ...]
         [--quick] [--refine N] [--diffeo-model M] [--paper-model M] [--noinv-model M] [--device auto|cpu|cuda]
         [--out BENCHMARKS.md] [--json FILE] [--update-manifest]
+    python scripts/benchmark_registration.py --from-json --json FILE [--out BENCHMARKS.md]
 
 Every method of :mod:`registration_methods` maps the atlas labels of every pair of
 :mod:`registration_cases` onto its target grid; this script scores them (Dice, HD95), records the
 field figures (% non-positive Jacobian, SDlogJ, inverse consistency) and wall clock, measures the
 speed section (:mod:`benchmark_speed`), checks the targets (:mod:`benchmark_targets`), writes the
 markdown (:mod:`benchmark_report`) and the raw numbers as JSON, and with ``--update-manifest`` writes
-each bundled network's figures into ``models.json``.
+each bundled network's figures into ``models.json``. ``--from-json`` redraws the section from a
+run's JSON (the verdicts recomputed by today's code), measuring nothing.
 """
 
 from __future__ import annotations
@@ -173,6 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmark_out" / "registration.json", help="raw numbers")
     parser.add_argument("--update-manifest", action="store_true",
                         help="write the bundled networks' measured figures into models.json")
+    parser.add_argument("--from-json", action="store_true",
+                        help="redraw --out from an earlier run's --json (targets recomputed), measuring nothing")
     args = parser.parse_args(argv)
     args.cases = _subset(parser, "--cases", args.cases, CASES)
     args.methods = _subset(parser, "--methods", args.methods, METHODS)
@@ -190,8 +194,19 @@ def _info(args, argv, results: list[dict], names: dict[str, str]) -> dict:
             "peak_load": max((m["load_1min_before"] for r in results for m in r["methods"].values()), default=0.0)}
 
 
+def redraw(args) -> int:
+    """``--from-json``: the section of an earlier run, from its raw numbers, with today's report code."""
+    saved = json.loads(args.json.read_text(encoding="utf-8"))
+    results, speed, info = saved["results"], saved["speed"], saved["machine"]
+    write_markdown(args.out, results, speed, targets(results, speed), info)
+    print(f"redrew {args.out} from {args.json} (run of {info['date']}, code at {info['commit']})")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return redraw(args)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up when piped to a log
     ants = import_ants() if "syn" in args.methods else None
     names = {role: getattr(args, f"{role}_model") for role in DEFAULT_MODELS}
