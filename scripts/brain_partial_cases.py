@@ -20,7 +20,7 @@ import functools
 
 import numpy as np
 
-from registration_cases import DATA, _oasis, invert_contrast
+from registration_cases import DATA, invert_contrast, oasis_subject
 from robustness_cases import FRACTIONS, MIX_UPS, PartialPair, scanner_frame
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.volume import LabelMap, Volume
@@ -36,7 +36,7 @@ def brain_data_missing() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _subjects():
-    (a, a_labels, _), (b, b_labels, _) = _oasis("A"), _oasis("B")
+    (a, a_labels, _), (b, b_labels, _) = oasis_subject("A"), oasis_subject("B")
     return a, a_labels, b, b_labels
 
 

@@ -27,7 +27,7 @@ from crossmodalmas.label_sources import EVAL_EVERY
 from crossmodalmas.phantoms import demo_case, make_grid
 from crossmodalmas.preprocess import isotropic_grid, resample
 from crossmodalmas.volume import LabelMap, Volume, read_labels
-from registration_cases import (DATA, SYNTHSEG_GROUPS, _cropped, _oasis, group_labels, invert_contrast,
+from registration_cases import (DATA, SYNTHSEG_GROUPS, _cropped, group_labels, invert_contrast, oasis_subject,
                                 render_contrast)
 
 ATLASES = 8
@@ -110,7 +110,7 @@ def abdomen_tasks(count: int, seed: int = 0) -> list[Task]:
 
 
 def oasis_tasks() -> list[Task]:
-    (a, a_seg, _), (b, b_seg, _) = _oasis("A"), _oasis("B")
+    (a, a_seg, _), (b, b_seg, _) = oasis_subject("A"), oasis_subject("B")
     tasks = []
     for name, (target, truth), (atlas, labels), other in (("B", (b, b_seg), (a, a_seg), "A"),
                                                           ("A", (a, a_seg), (b, b_seg), "B")):

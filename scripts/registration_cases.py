@@ -89,7 +89,7 @@ def render_contrast(labels: np.ndarray, rng: np.random.Generator, blur_vox: floa
     return (image + rng.normal(0.0, noise, size=image.shape)).astype(np.float32)
 
 
-def _oasis(name: str) -> tuple[Volume, LabelMap, dict]:
+def oasis_subject(name: str) -> tuple[Volume, LabelMap, dict]:
     """An OASIS image, its seg resampled from its own header onto the image grid, and both geometries' head fit."""
     folder = DATA / "images" / "oasis_brain"
     image = read_volume(folder / f"image_{name}_160x192x144.nii.gz")
@@ -103,7 +103,7 @@ def _oasis(name: str) -> tuple[Volume, LabelMap, dict]:
 
 def brain_pairs() -> list[Pair]:
     """A (contrast-inverted) -> B, then A -> B, of the real OASIS pair."""
-    (a, a_seg, a_fit), (b, b_seg, b_fit) = _oasis("A"), _oasis("B")
+    (a, a_seg, a_fit), (b, b_seg, b_fit) = oasis_subject("A"), oasis_subject("B")
     labels, fit = tuple(int(v) for v in b_seg.labels), {"seg_head_dice": {"A": a_fit, "B": b_fit}}
     inverted = Volume(invert_contrast(a.array), a.ijk_to_ras)
     return [Pair("brain", "oasis A(inverted)->B", True, inverted, a_seg, b, b_seg, labels, extra=fit),
