@@ -23,6 +23,7 @@ import numpy as np
 from registration_cases import DATA, invert_contrast, oasis_subject
 from robustness_cases import FRACTIONS, MIX_UPS, PartialPair, scanner_frame
 from crossmodalmas.atlases import Atlas
+from crossmodalmas.search_grid import sub_grid
 from crossmodalmas.volume import LabelMap, Volume
 
 BRAIN_PAIRS = 12  # every kind x mix-up x contrast once
@@ -40,11 +41,10 @@ def _subjects():
     return a, a_labels, b, b_labels
 
 
-def _slab(array: np.ndarray, ijk_to_ras: np.ndarray, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Slices ``first:stop`` along S and their index -> RAS matrix."""
-    moved = ijk_to_ras.copy()
-    moved[:3, 3] = ijk_to_ras[:3, :3] @ np.array([0.0, 0.0, first]) + ijk_to_ras[:3, 3]
-    return np.ascontiguousarray(array[first:stop]), moved
+def _slab(volume, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slices ``first:stop`` along S of ``volume`` (a Volume or LabelMap) and their index -> RAS matrix."""
+    box = (slice(first, stop), slice(0, volume.array.shape[1]), slice(0, volume.array.shape[2]))
+    return np.ascontiguousarray(volume.array[box]), sub_grid(volume.grid, box).ijk_to_ras
 
 
 def _slab_range(labelled: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[int, int]:
@@ -64,17 +64,17 @@ def brain_partial_pair(seed: int) -> PartialPair:
     fraction = float(rng.uniform(*FRACTIONS))
     a, a_labels, b, b_labels = _subjects()
     first, stop = _slab_range((a_labels.array != 0) | (b_labels.array != 0), fraction, rng)
-    a_image = invert_contrast(a.array) if inverted else a.array
+    a_image = Volume(invert_contrast(a.array), a.ijk_to_ras) if inverted else a
     if kind == "atlas slab":
-        image, layout = _slab(a_image, a.ijk_to_ras, first, stop)
-        labels, _ = _slab(a_labels.array, a.ijk_to_ras, first, stop)
+        image, layout = _slab(a_image, first, stop)
+        labels, _ = _slab(a_labels, first, stop)
         target = b
         truth = np.zeros_like(b_labels.array)
         truth[first:stop] = b_labels.array[first:stop]
     else:
-        image, layout, labels = a_image, a.ijk_to_ras, a_labels.array
-        target = Volume(*_slab(b.array, b.ijk_to_ras, first, stop))
-        truth, _ = _slab(b_labels.array, b.ijk_to_ras, first, stop)
+        image, layout, labels = a_image.array, a.ijk_to_ras, a_labels.array
+        target = Volume(*_slab(b, first, stop))
+        truth, _ = _slab(b_labels, first, stop)
     scanner = scanner_frame(rng, mix_up)
     frame = scanner @ layout
     atlas = Atlas(f"oasisA{seed}", Volume(image, frame), LabelMap(labels, frame))
