@@ -8,7 +8,7 @@ from conftest import phantom
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.coverage import CoverageCounter, mask_unknown, unknown_warning
 from crossmodalmas.options import SegmentOptions
-from crossmodalmas import pipeline
+from crossmodalmas import atlas_warping
 from crossmodalmas.pipeline import segment
 from crossmodalmas.refusion import refuse
 from crossmodalmas.volume import Grid, LabelMap
@@ -83,28 +83,29 @@ def test_segment_marks_what_the_atlas_slab_does_not_cover():
 def test_the_registration_matches_a_slab_inside_its_field_of_view_only(monkeypatch):
     image, _ = phantom(0, "ct")
     whole_image, whole_labels = phantom(2, "mr", shape=(48, 48, 48))
-    seen = {"inside": []}
+    seen = {"inside": [], "support": []}  # one entry per atlas: the CPU deforms them one at a time
 
     def registration(*args, support, **kwargs):
-        seen["support"] = support
+        seen["support"].append(support)
         return real_registration(*args, support=support, **kwargs)
 
     def support_of(inside):
         seen["inside"].append(inside)
         return real_support(inside)
 
-    real_registration, real_support = pipeline.deformable_registration, pipeline.descriptor_support
-    monkeypatch.setattr(pipeline, "deformable_registration", registration)
-    monkeypatch.setattr(pipeline, "descriptor_support", support_of)
+    real_registration, real_support = atlas_warping.deformable_registration, atlas_warping.descriptor_support
+    monkeypatch.setattr(atlas_warping, "deformable_registration", registration)
+    monkeypatch.setattr(atlas_warping, "descriptor_support", support_of)
     options = SegmentOptions(model="instance-opt", refine_iterations=1, fusion="mv")
     segment(image, [Atlas("whole", whole_image, whole_labels)], options)
-    assert seen["support"] is None  # one atlas covering the working grid: matched everywhere
+    assert seen["support"] == [None] and seen["inside"] == []  # covering the working grid: matched everywhere
+    seen["support"].clear()
     result = segment(image, [Atlas("whole", whole_image, whole_labels), _slab_atlas()], options)
     slab = result.atlas_names.index("slab")
-    inside, support = seen["inside"][slab][0, 0], seen["support"][slab, 0]
+    assert seen["support"][1 - slab] is None and len(seen["inside"]) == 1  # the whole atlas: everywhere
+    inside, support = seen["inside"][0][0, 0], seen["support"][slab][0, 0]
     assert float(inside.float().mean()) == pytest.approx(result.qc[slab].coverage)  # its field of view
     assert 0 < support.sum() < inside.sum() and not (support & ~inside).any()  # eroded within it
-    assert seen["support"][1 - slab].all()
 
 
 def test_qc_judges_a_slab_atlas_on_its_own_anatomy(monkeypatch):
@@ -122,17 +123,18 @@ def test_qc_judges_a_slab_atlas_on_its_own_anatomy(monkeypatch):
         calls.append(("registration", support))
         return real_registration(*args, support=support, **kwargs)
 
-    real_similarity, real_registration = qc.descriptor_similarity, pipeline.deformable_registration
-    monkeypatch.setattr(pipeline, "descriptor_similarity", similarity)
+    real_similarity, real_registration = qc.descriptor_similarity, atlas_warping.deformable_registration
+    monkeypatch.setattr(atlas_warping, "descriptor_similarity", similarity)
     monkeypatch.setattr(qc, "descriptor_similarity", similarity)
-    monkeypatch.setattr(pipeline, "deformable_registration", registration)
+    monkeypatch.setattr(atlas_warping, "deformable_registration", registration)
     options = SegmentOptions(model="instance-opt", refine_iterations=1, fusion="mv")
     result = segment(image, [Atlas("whole", whole_image, whole_labels), _slab_atlas()], options)
-    (_, support), (before_where, before_everywhere), (after_where, after_everywhere) = calls
-    assert before_where is support and after_where is support  # where it was matched, before and after
     slab = result.atlas_names.index("slab")
-    assert result.qc[slab].similarity_before > float(before_everywhere[slab])  # not marked down for what it lacks
-    assert result.qc[slab].similarity_after > float(after_everywhere[slab])
+    assert len(calls) == 6  # registration, before, after: one atlas at a time on the CPU
+    (_, support), (before_where, before_everywhere), (after_where, after_everywhere) = calls[3 * slab:3 * slab + 3]
+    assert support is not None and before_where is support and after_where is support  # where it was matched
+    assert result.qc[slab].similarity_before > float(before_everywhere[0])  # not marked down for what it lacks
+    assert result.qc[slab].similarity_after > float(after_everywhere[0])
 
 
 def test_full_coverage_leaves_no_unknown():

@@ -1,5 +1,6 @@
 """crossmodalmas.similarity_engine: PLF logits only inside the box where atlases disagree, as
-the whole image's; the network's own scale; loading a similarity model by name or path."""
+the whole image's; the network's own scale; one atlas per pass on the CPU; loading a
+similarity model by name or path."""
 
 import json
 
@@ -140,6 +141,23 @@ def test_an_atlas_logit_depends_on_that_atlas_only():
     changed[1] = 1.0 - changed[1]
     second = similarity_logits(model, target, changed, where, 1.0)
     assert torch.equal(first[[0, 2]], second[[0, 2]]) and not torch.equal(first[1], second[1])
+
+
+def test_on_the_cpu_the_atlases_are_embedded_one_at_a_time_with_the_logits_of_one_batch(monkeypatch):
+    from crossmodalmas import registration_engine
+
+    model = _model()
+    target, atlases = _images()
+    where = _where((12, 14, 16), (15, 19, 18))
+    real, batches = model.net.embed_atlas, []
+    monkeypatch.setattr(model.net, "embed_atlas", lambda images: batches.append(images.shape[0]) or real(images))
+    one_by_one = similarity_logits(model, target, atlases, where, 1.0)
+    assert batches == [1, 1, 1]
+    monkeypatch.setattr(registration_engine, "CPU_CHUNK", 3)  # as on CUDA: one batch
+    batches.clear()
+    together = similarity_logits(model, target, atlases, where, 1.0)
+    assert batches == [3]
+    assert torch.allclose(one_by_one, together, atol=1e-6) and one_by_one.abs().max() > 0
 
 
 def test_loading_a_model_entry_written_beside_its_weights(tmp_path):

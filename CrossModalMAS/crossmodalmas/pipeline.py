@@ -19,19 +19,18 @@ from crossmodalmas.atlases import Atlas, AtlasFiles
 from crossmodalmas.coverage import CoverageCounter, mask_unknown, unknown_warning
 from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import CancelledError, InputError
-from crossmodalmas.features import descriptor_support, mind_ssc, mind_ssc_each
+from crossmodalmas.features import mind_ssc
 from crossmodalmas.options import FusionMethod, SegmentOptions
 from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.affine import AffineAligner
+from crossmodalmas.atlas_warping import AtlasesOnGrid, deform_atlases
 from crossmodalmas.preprocess import (label_box_in_target, resample,
                                       robust_normalise, working_grid)
-from crossmodalmas.qc import descriptor_similarity, registration_qc
 from crossmodalmas.refusion import class_dtype, fused_fields
-from crossmodalmas.registration_engine import deformable_registration, load_registration_model
+from crossmodalmas.registration_engine import load_registration_model
 from crossmodalmas.result import Result
 from crossmodalmas.similarity_engine import SimilarityModel, load_similarity_model
 from crossmodalmas.selection import select_atlases, selection_scores
-from crossmodalmas.transforms import warp, warp_labels
 from crossmodalmas.validate import MAX_CLASS_VOXELS, check_label_count, check_labels, check_volume
 from crossmodalmas.volume import Grid, Volume
 
@@ -155,9 +154,10 @@ def _region(target: Volume, aligned: Sequence[_Aligned], options: SegmentOptions
     return grid
 
 
-def _on_grid(target, aligned: Sequence[_Aligned], grid: Grid, table: np.ndarray, run: _Run):
-    """Normalised target and atlas images, atlas class indices and each atlas's field of view
-    (bool) on the working grid."""
+def _on_grid(target, aligned: Sequence[_Aligned], grid: Grid, table: np.ndarray,
+             run: _Run) -> tuple[np.ndarray, AtlasesOnGrid]:
+    """The normalised target, and the atlases' normalised images, class indices (of the
+    smallest type that holds them) and fields of view, on the working grid."""
     target_w = robust_normalise(resample(target.array, target.ijk_to_ras, grid))
     kept, images, classes, inside = [], [], [], []
     for item in aligned:
@@ -172,10 +172,11 @@ def _on_grid(target, aligned: Sequence[_Aligned], grid: Grid, table: np.ndarray,
         kept.append(atlas.name)  # the name only: the arrays are freed with the atlas
         images.append(image)
         inside.append(labels >= 0)
-        classes.append(np.searchsorted(table, np.maximum(labels, 0)))  # label value -> class index (table is sorted)
+        # label value -> class index (table is sorted)
+        classes.append(np.searchsorted(table, np.maximum(labels, 0)).astype(class_dtype(len(table))))
     if not kept:
         raise InputError("atlases: none overlaps the target after alignment; check that they show the same anatomy")
-    return target_w, kept, np.stack(images), np.stack(classes), np.stack(inside)
+    return target_w, AtlasesOnGrid(kept, np.stack(images), np.stack(classes), np.stack(inside))
 
 
 def fusion_method(options: SegmentOptions, device) -> tuple[FusionMethod, Optional[SimilarityModel]]:
@@ -232,70 +233,38 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
     table = _label_table(aligned, run)
     run.step("region", "working region")
     grid = _region(target, aligned, options, len(table), run)
-    target_w, kept, images, classes, inside = _on_grid(target, aligned, grid, table, run)
+    target_w, on_grid = _on_grid(target, aligned, grid, table, run)
     run.step("select", "atlas selection")
-    scores = selection_scores(target_w, images)
+    scores = selection_scores(target_w, on_grid.images)
     order = select_atlases(scores, options.select)
-    kept, images, classes, inside = [kept[i] for i in order], images[order], classes[order], inside[order]
-    scores = scores[order]
-    result = _deform_and_fuse(target, grid, table, kept, images, classes, (inside, scores), target_w,
-                              options, device, (model, similarity), run)
+    on_grid = AtlasesOnGrid([on_grid.names[i] for i in order], on_grid.images[order], on_grid.classes[order],
+                            on_grid.inside[order])
+    result = _deform_and_fuse(target, grid, table, on_grid, scores[order], target_w, options, device,
+                              (model, similarity), run)
     return replace(result, labels=mask_unknown(result.labels, unknown), unknown=unknown if unknown.any() else None)
 
 
-def _register(model, target_t, atlases_t, target_features, atlas_features, support, grid, options, run):
-    engine = "instance-opt" if model is None else "network"
-    message = "instance optimisation" if model is None else f"registration network {model.name}"
-    run.step("register", f"{message}: {atlases_t.shape[0]} atlases")
-    return deformable_registration(
-        model, target_t, atlases_t, target_features, atlas_features, float(grid.spacing[0]),
-        options.refine_for(engine), options.regularisation,
-        progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn,
-        support=support)
-
-
-def _support(inside: np.ndarray, device) -> Optional[torch.Tensor]:
-    """Where each atlas's descriptors describe its anatomy (None where every atlas covers the
-    whole working grid); one atlas at a time, so the erosion's float copy is one atlas's."""
-    if inside.all():
-        return None
-    return torch.cat([descriptor_support(torch.from_numpy(one)[None, None]) for one in inside]).to(device)
-
-
-def _deform_and_fuse(target, grid, table, kept, images, classes, coverage_and_scores, target_w, options, device,
-                     models, run):
+def _deform_and_fuse(target, grid, table, atlases: AtlasesOnGrid, scores, target_w, options, device, models,
+                     run) -> Result:
     model, similarity = models
     target_t = torch.from_numpy(target_w)[None, None].to(device)
-    atlases_t = torch.from_numpy(images)[:, None].to(device)
-    target_features, atlas_features = mind_ssc(target_t), mind_ssc_each(atlases_t)
-    inside, scores = coverage_and_scores
-    support = _support(inside, device)  # steers the registration and is where the QC judges each atlas
-    fields = _register(model, target_t, atlases_t, target_features, atlas_features, support, grid, options, run)
-    similarity_before = descriptor_similarity(atlas_features, target_features, support)
-    del atlas_features  # 12 channels per atlas: freed before the warped atlases' are made
+    target_features = mind_ssc(target_t)
+    engine = "instance-opt" if model is None else "network"
+    message = "instance optimisation" if model is None else f"registration network {model.name}"
+    run.step("register", f"{message}: {len(atlases.names)} atlases")
+    warped = deform_atlases(model, target_t, target_features, atlases, grid, len(table),
+                            (options.refine_for(engine), options.regularisation),
+                            progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn)
+    del atlases  # the caller's arrays go with it
     run.step("fuse", f"label fusion ({options.fusion.value})")
-    with torch.no_grad():
-        warped_classes = warp_labels(torch.from_numpy(classes)[:, None].to(device), fields.forward,
-                                     len(table))[:, 0]
-        warped_images = warp(atlases_t, fields.forward)
-        warped_features = mind_ssc_each(warped_images)  # of the warped image: what re-fusion recomputes
-    names = list(kept)
-    coverage = inside.reshape(len(names), -1).mean(1).tolist()
-    qc = registration_qc(names, fields, similarity_before, warped_features, target_features, coverage,
-                         grid.spacing_kji, support)
-    del support
-    qc = [replace(item, selection_score=float(score)) for item, score in zip(qc, scores)]
-    del fields
-    warped_images = warped_images[:, 0].cpu().numpy().astype(np.float32)
-    warped_classes = warped_classes.cpu().numpy().astype(class_dtype(len(table)))
-    fused = fused_fields(options.fusion, grid, target.grid, table, target_w, warped_images, warped_classes,
-                         qc, device, similarity_model=similarity,
-                         features=(target_features, warped_features))
+    qc = [replace(item, selection_score=float(score)) for item, score in zip(warped.qc, scores)]
+    fused = fused_fields(options.fusion, grid, target.grid, table, target_w, warped.images, warped.classes,
+                         qc, device, similarity_model=similarity)
     run.step("output", "assembling the result")
-    result = Result(working_grid=grid, label_values=table, atlas_names=names, target_image=target_w,
-                    warped_images=warped_images, warped_classes=warped_classes, device=str(device),
-                    warnings=run.warnings, registration=model.name if model is not None else "instance-opt",
-                    **fused)
+    result = Result(working_grid=grid, label_values=table, atlas_names=[item.name for item in warped.qc],
+                    target_image=target_w, warped_images=warped.images, warped_classes=warped.classes,
+                    device=str(device), warnings=run.warnings,
+                    registration=model.name if model is not None else "instance-opt", **fused)
     run.finish()
     result.timings = run.timings
     return result

@@ -32,9 +32,9 @@ CPU_CHUNK = 1  # atlases per network pass and per instance optimisation on the C
 RegistrationModel = LoadedModel  # a loaded registration network and its entry
 
 
-def _first_batch(atlases: torch.Tensor) -> int:
-    """Atlases per pass: all of them on CUDA (halved on OOM), ``CPU_CHUNK`` on the CPU."""
-    return atlases.shape[0] if atlases.is_cuda else max(1, min(CPU_CHUNK, atlases.shape[0]))
+def atlases_per_pass(count: int, device: torch.device) -> int:
+    """Atlases per pass: all ``count`` of them on CUDA (halved on OOM), ``CPU_CHUNK`` on the CPU."""
+    return count if torch.device(device).type == "cuda" else max(1, min(CPU_CHUNK, count))
 
 
 def load_registration_model(name_or_path: Optional[str], device: torch.device) -> Optional[RegistrationModel]:
@@ -72,7 +72,7 @@ def _predict_batches(net, atlases: torch.Tensor, target: torch.Tensor, batch: in
 def _predict(model: RegistrationModel, atlases: torch.Tensor, target: torch.Tensor,
              warn: Callable[[str], None]) -> PredictedFields:
     """One pass for every atlas, batched; smaller batches, then the CPU, on CUDA OOM."""
-    batch = _first_batch(atlases)
+    batch = atlases_per_pass(atlases.shape[0], atlases.device)
     while True:
         try:
             parts = _predict_batches(model.net, atlases, target, batch)
@@ -147,7 +147,8 @@ def deformable_registration(model: Optional[RegistrationModel], target_image, at
 def _register_in_chunks(target_features, atlas_features, config, start, support, progress,
                         cancel) -> RegistrationFields:
     """:func:`register` over all atlases at once on CUDA, ``CPU_CHUNK`` at a time on the CPU."""
-    count, size = atlas_features.shape[0], _first_batch(atlas_features)
+    count = atlas_features.shape[0]
+    size = atlases_per_pass(count, atlas_features.device)
     parts = []
     for first in range(0, count, size):
         chunk = slice(first, min(first + size, count))

@@ -4,8 +4,10 @@ warped atlas, only where the atlases disagree.
 Like the registration network, the similarity network runs at the scale it was trained at
 (its model entry's ``working_grid``: anatomy filling a grid of about ``max_voxels``), so its
 15³ receptive field covers the same share of the anatomy as in training; the logits are
-interpolated back to the working grid. All atlases go through the network as one batch (at its
-scale a region is ~64³ voxels, so ten atlases' embeddings take ~0.3 GB). Only the box around
+interpolated back to the working grid. The atlases go through the network as the registration
+network takes them (:func:`~crossmodalmas.registration_engine.atlases_per_pass`): all as one
+batch on CUDA, one at a time on the CPU, where an atlas's embedding and its temporaries took
+~0.1 GB and ten at once were the run's peak. Only the box around
 the voxels where the warped atlases disagree is embedded (with the receptive field's context
 around it); elsewhere the label is decided and the logits stay 0.
 """
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from crossmodalmas.model_cache import cached_network
 from crossmodalmas.models import LoadedModel, find_model
 from crossmodalmas.nets.similarity import HALO, embedding_distance
-from crossmodalmas.registration_engine import network_shape
+from crossmodalmas.registration_engine import atlases_per_pass, network_shape
 
 
 SimilarityModel = LoadedModel  # a loaded similarity network and its entry
@@ -89,8 +91,12 @@ def similarity_logits(model: SimilarityModel, target: torch.Tensor, atlases: tor
     device = next(model.net.parameters()).device
     target_crop = _resize(target[(Ellipsis, *crop)], net_shape).to(device)
     query = model.net.embed_target(target_crop)
-    support = model.net.embed_atlas(_resize(atlases[(Ellipsis, *crop)], net_shape).to(device))  # all atlases, one batch
-    logits = _resize(-embedding_distance(query, support)[:, None].float(), crop_shape).to(target.device)[:, 0]
     inner = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, crop))
-    out[(slice(None), *box)] = logits[(slice(None), *inner)]
+    count = atlases.shape[0]
+    size = atlases_per_pass(count, device)
+    for first in range(0, count, size):
+        chunk = slice(first, min(first + size, count))
+        support = model.net.embed_atlas(_resize(atlases[(chunk, Ellipsis, *crop)], net_shape).to(device))
+        logits = _resize(-embedding_distance(query, support)[:, None].float(), crop_shape).to(target.device)[:, 0]
+        out[(chunk, *box)] = logits[(slice(None), *inner)]
     return out

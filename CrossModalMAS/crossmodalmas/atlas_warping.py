@@ -1,0 +1,128 @@
+"""The pipeline's deformable step, atlas chunk by atlas chunk: describe, register, warp, judge,
+then free.
+
+What the run keeps of each atlas after this step is its warped image and warped class map on
+the working grid (5 bytes a voxel: what the previews and re-fusion need). Its descriptors (12
+channels), its forward and backward fields (6 channels) and the one-hot maps of the label warp
+live only while its chunk is deformed, so the step's memory grows by those 5 bytes a voxel per
+atlas, not by the ~170 it took when every atlas was deformed as one batch. A chunk is one atlas
+on the CPU (where a batch buys no speed) and every atlas on CUDA (one batch, halved on
+out-of-memory by :mod:`crossmodalmas.registration_engine`); the fields and figures are the same
+either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from crossmodalmas.features import descriptor_support, mind_ssc_each
+from crossmodalmas.qc import descriptor_similarity, registration_qc
+from crossmodalmas.registration_engine import RegistrationModel, atlases_per_pass, deformable_registration
+from crossmodalmas.result import AtlasQC
+from crossmodalmas.transforms import warp, warp_labels
+from crossmodalmas.volume import Grid
+
+
+@dataclass
+class WarpedAtlases:
+    """The atlases after the deformable step, on the working grid.
+
+    Attributes:
+        images: ``(N, K, J, I)`` float32 warped, normalised atlas images.
+        classes: ``(N, K, J, I)`` warped class indices (the input's integer type).
+        qc: each atlas's registration figures.
+    """
+
+    images: np.ndarray
+    classes: np.ndarray
+    qc: list[AtlasQC]
+
+
+@dataclass
+class AtlasesOnGrid:
+    """The atlases before the deformable step, on the working grid.
+
+    Attributes:
+        names: atlas names, N of them.
+        images: ``(N, K, J, I)`` float32 normalised, affinely aligned images.
+        classes: ``(N, K, J, I)`` class indices (an unsigned or signed integer type).
+        inside: ``(N, K, J, I)`` bool, each atlas's field of view.
+    """
+
+    names: Sequence[str]
+    images: np.ndarray
+    classes: np.ndarray
+    inside: np.ndarray
+
+
+def _support(inside: np.ndarray, device) -> Optional[torch.Tensor]:
+    """Where each atlas's descriptors describe its anatomy (None where every atlas covers the
+    whole working grid); one atlas at a time, so the erosion's float copy is one atlas's."""
+    if inside.all():
+        return None
+    return torch.cat([descriptor_support(torch.from_numpy(one)[None, None]) for one in inside]).to(device)
+
+
+def _deform_chunk(model, target: torch.Tensor, target_features: torch.Tensor, atlases: AtlasesOnGrid,
+                  chunk: slice, grid: Grid, num_classes: int, settings: tuple[int, float], callbacks):
+    """Warped images, warped classes and QC of the atlases in ``chunk``."""
+    refine_iterations, regularisation = settings
+    progress, cancel, warn = callbacks
+    device = target.device
+    images = torch.from_numpy(atlases.images[chunk])[:, None].to(device)
+    features = mind_ssc_each(images)
+    support = _support(atlases.inside[chunk], device)  # steers the registration; where the QC judges
+    fields = deformable_registration(model, target, images, target_features, features, float(grid.spacing[0]),
+                                     refine_iterations, regularisation, progress=progress, cancel=cancel,
+                                     warn=warn, support=support)
+    similarity_before = descriptor_similarity(features, target_features, support)
+    del features  # 12 channels per atlas: freed before the warped atlases' are made
+    with torch.no_grad():
+        classes = torch.from_numpy(atlases.classes[chunk])[:, None].to(device)
+        warped_classes = warp_labels(classes, fields.forward, num_classes)[:, 0]
+        warped_images = warp(images, fields.forward)
+        warped_features = mind_ssc_each(warped_images)  # of the warped image: what re-fusion recomputes
+    coverage = atlases.inside[chunk].reshape(warped_images.shape[0], -1).mean(1).tolist()
+    qc = registration_qc(list(atlases.names[chunk]), fields, similarity_before, warped_features, target_features,
+                         coverage, grid.spacing_kji, support)
+    return warped_images[:, 0].cpu().numpy(), warped_classes.cpu().numpy(), qc
+
+
+def deform_atlases(model: Optional[RegistrationModel], target: torch.Tensor, target_features: torch.Tensor,
+                   atlases: AtlasesOnGrid, grid: Grid, num_classes: int, settings: tuple[int, float],
+                   progress: Callable[[float], None], cancel: Callable[[], bool],
+                   warn: Callable[[str], None]) -> WarpedAtlases:
+    """Register every atlas to the target and warp it, :func:`atlases_per_pass` at a time.
+
+    Args:
+        model: the registration network (None: instance optimisation alone).
+        target: ``(1, 1, K, J, I)`` normalised target on ``grid``.
+        target_features: its MIND-SSC descriptors.
+        atlases: the atlases on ``grid``.
+        grid: the working grid.
+        num_classes: class indices are below this (background 0 included).
+        settings: ``(refine_iterations, regularisation)`` of the instance optimisation.
+        progress: called with the step's fraction done.
+        cancel: polled inside the optimisation; True stops it.
+        warn: called with a message when the network had to fall back (CUDA out of memory).
+
+    Returns:
+        :class:`WarpedAtlases` in the order of ``atlases``.
+    """
+    count = len(atlases.names)
+    size = atlases_per_pass(count, target.device)
+    images = np.empty(atlases.images.shape, dtype=np.float32)
+    classes = np.empty(atlases.classes.shape, dtype=atlases.classes.dtype)
+    qc: list[AtlasQC] = []
+    for first in range(0, count, size):
+        chunk = slice(first, min(first + size, count))
+        share = (chunk.stop - first) / count
+        images[chunk], classes[chunk], figures = _deform_chunk(
+            model, target, target_features, atlases, chunk, grid, num_classes, settings,
+            (lambda f, done=first / count, share=share: progress(done + f * share), cancel, warn))
+        qc.extend(figures)
+    return WarpedAtlases(images, classes, qc)

@@ -1,0 +1,75 @@
+"""crossmodalmas.atlas_warping: the deformable step one atlas at a time on the CPU gives what
+one batch of every atlas gives; each chunk is registered, warped and judged on its own."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crossmodalmas import atlas_warping, registration_engine
+from crossmodalmas.atlas_warping import AtlasesOnGrid, deform_atlases
+from crossmodalmas.features import mind_ssc
+from crossmodalmas.phantoms import make_grid
+
+SHAPE = (14, 15, 16)
+GRID = make_grid(SHAPE, (2.0, 2.0, 2.0))
+
+
+def _smooth(generator, n):
+    noise = torch.rand((n, 1, *SHAPE), generator=generator)
+    return F.avg_pool3d(noise, 5, stride=1, padding=2, count_include_pad=False)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(7)
+    target, images = _smooth(g, 1), _smooth(g, 3)
+    classes = (images[:, 0] > images.mean()).numpy().astype(np.uint8) + (images[:, 0] > 0.6).numpy()
+    inside = np.ones((3, *SHAPE), bool)
+    inside[1, :5] = False  # the second atlas covers part of the grid
+    images[1, 0, :5] = 0.0
+    atlases = AtlasesOnGrid(["a", "b", "c"], images[:, 0].numpy(), classes.astype(np.uint8), inside)
+    return target, mind_ssc(target), atlases
+
+
+def _deform(inputs, chunk, monkeypatch, progress=None):
+    monkeypatch.setattr(registration_engine, "CPU_CHUNK", chunk)
+    target, features, atlases = inputs
+    return deform_atlases(None, target, features, atlases, GRID, 3, (4, 0.01),
+                          progress=progress or (lambda f: None), cancel=lambda: False, warn=pytest.fail)
+
+
+def test_one_atlas_at_a_time_gives_what_one_batch_gives(inputs, monkeypatch):
+    alone, together = _deform(inputs, 1, monkeypatch), _deform(inputs, 3, monkeypatch)
+    assert np.allclose(alone.images, together.images, atol=1e-5)
+    assert np.array_equal(alone.classes, together.classes)
+    for a, b in zip(alone.qc, together.qc):
+        assert a.name == b.name
+        assert a.similarity_after == pytest.approx(b.similarity_after, abs=1e-5)
+        assert a.inverse_consistency_mm == pytest.approx(b.inverse_consistency_mm, abs=1e-4)
+
+
+def test_each_chunk_is_registered_on_its_own_with_its_own_support(inputs, monkeypatch):
+    seen = []
+    real = atlas_warping.deformable_registration
+
+    def spy(model, target, images, target_features, features, *args, support=None, **kwargs):
+        seen.append((images.shape[0], features.shape[0], None if support is None else support.shape[0]))
+        return real(model, target, images, target_features, features, *args, support=support, **kwargs)
+
+    monkeypatch.setattr(atlas_warping, "deformable_registration", spy)
+    _deform(inputs, 1, monkeypatch)
+    assert seen == [(1, 1, None), (1, 1, 1), (1, 1, None)]  # only the second atlas has a field of view to keep to
+
+
+def test_the_warped_atlases_keep_their_order_dtype_and_coverage(inputs, monkeypatch):
+    reported = []
+    warped = _deform(inputs, 1, monkeypatch, reported.append)
+    atlases = inputs[2]
+    assert warped.images.shape == warped.classes.shape == (3, *SHAPE)
+    assert warped.images.dtype == np.float32 and warped.classes.dtype == np.uint8
+    assert [item.name for item in warped.qc] == ["a", "b", "c"]
+    assert [item.coverage for item in warped.qc] == pytest.approx([1.0, 1 - 5 / 14, 1.0])
+    assert set(np.unique(warped.classes)) <= {0, 1, 2}
+    assert reported == sorted(reported) and reported[-1] == pytest.approx(1.0)
+    assert atlases.classes.dtype == np.uint8 and atlases.images[1, :5].max() == 0.0  # inputs untouched
