@@ -159,7 +159,10 @@ def _on_grid(target, aligned: Sequence[_Aligned], grid: Grid, table: np.ndarray,
     """The normalised target, and the atlases' normalised images, class indices (of the
     smallest type that holds them) and fields of view, on the working grid."""
     target_w = robust_normalise(resample(target.array, target.ijk_to_ras, grid))
-    kept, images, classes, inside = [], [], [], []
+    # Filled in place (not stacked from lists: that held every atlas twice at its end).
+    shape = (len(aligned), *grid.shape)
+    kept, images = [], np.empty(shape, np.float32)
+    classes, inside = np.empty(shape, class_dtype(len(table))), np.empty(shape, bool)
     for item in aligned:
         run.check_cancel()
         atlas, transform = _checked(item.source), item.transform
@@ -168,15 +171,15 @@ def _on_grid(target, aligned: Sequence[_Aligned], grid: Grid, table: np.ndarray,
         if not np.any(labels > 0):
             run.warn(f"atlas {atlas.name}: no labelled voxel overlaps the target after alignment; dropped")
             continue
-        image = resample(robust_normalise(atlas.image.array), atlas.image.ijk_to_ras, grid, transform)
+        index = len(kept)
+        images[index] = resample(robust_normalise(atlas.image.array), atlas.image.ijk_to_ras, grid, transform)
+        inside[index] = labels >= 0
+        classes[index] = np.searchsorted(table, np.maximum(labels, 0))  # label value -> class index (table is sorted)
         kept.append(atlas.name)  # the name only: the arrays are freed with the atlas
-        images.append(image)
-        inside.append(labels >= 0)
-        # label value -> class index (table is sorted)
-        classes.append(np.searchsorted(table, np.maximum(labels, 0)).astype(class_dtype(len(table))))
     if not kept:
         raise InputError("atlases: none overlaps the target after alignment; check that they show the same anatomy")
-    return target_w, AtlasesOnGrid(kept, np.stack(images), np.stack(classes), np.stack(inside))
+    count = len(kept)
+    return target_w, AtlasesOnGrid(kept, images[:count], classes[:count], inside[:count])
 
 
 def fusion_method(options: SegmentOptions, device) -> tuple[FusionMethod, Optional[SimilarityModel]]:
@@ -237,8 +240,9 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
     run.step("select", "atlas selection")
     scores = selection_scores(target_w, on_grid.images)
     order = select_atlases(scores, options.select)
-    on_grid = AtlasesOnGrid([on_grid.names[i] for i in order], on_grid.images[order], on_grid.classes[order],
-                            on_grid.inside[order])
+    if not np.array_equal(order, np.arange(len(on_grid.names))):  # a subset or another order: copies
+        on_grid = AtlasesOnGrid([on_grid.names[i] for i in order], on_grid.images[order], on_grid.classes[order],
+                                on_grid.inside[order])
     result = _deform_and_fuse(target, grid, table, on_grid, scores[order], target_w, options, device,
                               (model, similarity), run)
     return replace(result, labels=mask_unknown(result.labels, unknown), unknown=unknown if unknown.any() else None)
