@@ -23,7 +23,7 @@ from crossmodalmas.features import mind_ssc
 from crossmodalmas.options import FusionMethod, SegmentOptions
 from crossmodalmas.progress import ProgressCallback
 from crossmodalmas.affine import AffineAligner
-from crossmodalmas.atlas_warping import AtlasesOnGrid, deform_atlases
+from crossmodalmas.atlas_warping import AtlasesOnGrid, WarpedAtlases, deform_atlases
 from crossmodalmas.preprocess import (label_box_in_target, resample,
                                       robust_normalise, working_grid)
 from crossmodalmas.refusion import class_dtype, fused_fields
@@ -243,23 +243,25 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
     if not np.array_equal(order, np.arange(len(on_grid.names))):  # a subset or another order: copies
         on_grid = AtlasesOnGrid([on_grid.names[i] for i in order], on_grid.images[order], on_grid.classes[order],
                                 on_grid.inside[order])
-    result = _deform_and_fuse(target, grid, table, on_grid, scores[order], target_w, options, device,
-                              (model, similarity), run)
+    warped = _deform(target_w, grid, len(table), on_grid, options, device, model, run)
+    del on_grid  # the atlases as aligned: the warped ones replace them for the fusion
+    result = _fused_result(target, grid, table, target_w, warped, scores[order], options, device, model,
+                           similarity, run)
     return replace(result, labels=mask_unknown(result.labels, unknown), unknown=unknown if unknown.any() else None)
 
 
-def _deform_and_fuse(target, grid, table, atlases: AtlasesOnGrid, scores, target_w, options, device, models,
-                     run) -> Result:
-    model, similarity = models
+def _deform(target_w, grid, num_classes, atlases: AtlasesOnGrid, options, device, model, run) -> WarpedAtlases:
     target_t = torch.from_numpy(target_w)[None, None].to(device)
-    target_features = mind_ssc(target_t)
     engine = "instance-opt" if model is None else "network"
     message = "instance optimisation" if model is None else f"registration network {model.name}"
     run.step("register", f"{message}: {len(atlases.names)} atlases")
-    warped = deform_atlases(model, target_t, target_features, atlases, grid, len(table),
-                            (options.refine_for(engine), options.regularisation),
-                            progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn)
-    del atlases  # the caller's arrays go with it
+    return deform_atlases(model, target_t, mind_ssc(target_t), atlases, grid, num_classes,
+                          (options.refine_for(engine), options.regularisation),
+                          progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn)
+
+
+def _fused_result(target, grid, table, target_w, warped: WarpedAtlases, scores, options, device, model, similarity,
+                  run) -> Result:
     run.step("fuse", f"label fusion ({options.fusion.value})")
     qc = [replace(item, selection_score=float(score)) for item, score in zip(warped.qc, scores)]
     fused = fused_fields(options.fusion, grid, target.grid, table, target_w, warped.images, warped.classes,
