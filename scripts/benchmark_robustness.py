@@ -272,7 +272,7 @@ def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[st
 def _brain_lines(brain: dict) -> list[str]:
     """The real-brain pairs' tables (``brain``: rows, jobs and SyN seed of their run): not judged."""
     rows, methods = brain["rows"], _methods(brain["rows"])
-    side_by_side = f" They ran {brain['jobs']} processes side by side." if brain.get("jobs", 1) > 1 else ""
+    side_by_side = _jobs_note(brain.get("jobs", 1), "They")
     lines = [f"### Partial field of view on real brains ({len(rows)} OASIS pairs; found: mean Dice >= {FOUND_DICE})",
              "", "Slabs of two real T1 brains (OASIS A the atlas, B the target; `scripts/brain_partial_cases.py`) "
              "in the phantom pairs' scanner frames, tilts and mix-ups, A's contrast inverted in the pairs marked so; "
@@ -379,10 +379,10 @@ def _write_section(results: dict) -> None:
     replace_section(ROOT / "BENCHMARKS.md", "robustness", ["## Robustness", ""] + lines)
 
 
-def _jobs_note(jobs: int) -> str:
+def _jobs_note(jobs: int, who: str = "The partial pairs") -> str:
     if jobs <= 1:
         return ""
-    return f" The partial pairs ran {jobs} processes side by side (`--jobs {jobs}`): their seconds share the cores."
+    return f" {who} ran {jobs} processes side by side (`--jobs {jobs}`): their seconds share the cores."
 
 
 MERGED_TABLES = {"memory": "memory rows against atlas count", "memory_by_size": "memory rows against target size",
