@@ -1,5 +1,6 @@
 """crossmodalmas.atlas_warping: the deformable step one atlas at a time on the CPU gives what
-one batch of every atlas gives; each chunk is registered, warped and judged on its own."""
+one batch of every atlas gives; each chunk is registered, warped and judged on its own; CUDA
+out-of-memory halves the chunk, then goes on on the CPU, and says so."""
 
 import numpy as np
 import pytest
@@ -73,3 +74,50 @@ def test_the_warped_atlases_keep_their_order_dtype_and_coverage(inputs, monkeypa
     assert set(np.unique(warped.classes)) <= {0, 1, 2}
     assert reported == sorted(reported) and reported[-1] == pytest.approx(1.0)
     assert atlases.classes.dtype == np.uint8 and atlases.images[1, :5].max() == 0.0  # inputs untouched
+
+
+def _fake_cuda(monkeypatch, fits):
+    """As on CUDA: every atlas in one chunk, and out-of-memory for each chunk size ``fits``
+    refuses, until the step moves to the CPU. Returns the chunk sizes tried and the moves."""
+    sizes, moved = [], []
+    real_chunk, real_on_cpu = atlas_warping._deform_chunk, atlas_warping._on_cpu
+
+    def deform_chunk(model, target, features, atlases, chunk, *args):
+        sizes.append(chunk.stop - chunk.start)
+        if not moved and not fits(chunk.stop - chunk.start):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_chunk(model, target, features, atlases, chunk, *args)
+
+    monkeypatch.setattr(atlas_warping, "_deform_chunk", deform_chunk)
+    monkeypatch.setattr(atlas_warping, "_on_cpu", lambda *args: moved.append(True) or real_on_cpu(*args))
+    monkeypatch.setattr(atlas_warping, "atlases_per_pass", lambda count, device: 1 if moved else count)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    return sizes, moved
+
+
+def _deform_reporting(inputs):
+    target, features, atlases = inputs
+    warnings, reported = [], []
+    warped = deform_atlases(None, target, features, atlases, GRID, 3, (4, 0.01), progress=reported.append,
+                            cancel=lambda: False, warn=warnings.append)
+    assert reported == sorted(reported) and reported[-1] == pytest.approx(1.0)  # a retry never goes back
+    return warped, warnings
+
+
+def test_cuda_out_of_memory_halves_the_chunk_and_says_so(inputs, monkeypatch):
+    plain = _deform(inputs, 1, monkeypatch)
+    sizes, moved = _fake_cuda(monkeypatch, fits=lambda size: size == 1)
+    warped, warnings = _deform_reporting(inputs)
+    assert sizes == [3, 1, 1, 1] and not moved
+    assert warnings == ["deformable step: CUDA out of memory; retrying 1 atlas(es) at a time"]
+    assert np.array_equal(warped.classes, plain.classes) and np.allclose(warped.images, plain.images, atol=1e-6)
+    assert [item.name for item in warped.qc] == ["a", "b", "c"]
+
+
+def test_cuda_out_of_memory_with_one_atlas_goes_on_on_the_cpu(inputs, monkeypatch):
+    sizes, moved = _fake_cuda(monkeypatch, fits=lambda size: False)
+    warped, warnings = _deform_reporting(inputs)
+    assert sizes == [3, 1, 1, 1, 1] and moved == [True]  # the first atlas tried twice on "CUDA", then all on the CPU
+    assert warnings == ["deformable step: CUDA out of memory; retrying 1 atlas(es) at a time",
+                        "deformable step: CUDA out of memory with one atlas; running on the CPU"]
+    assert warped.device == torch.device("cpu") and [item.name for item in warped.qc] == ["a", "b", "c"]

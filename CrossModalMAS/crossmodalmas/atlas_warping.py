@@ -6,9 +6,11 @@ the working grid (5 bytes a voxel: what the previews and re-fusion need). Its de
 channels), its forward and backward fields (6 channels) and the one-hot maps of the label warp
 live only while its chunk is deformed, so the step's memory grows by those 5 bytes a voxel per
 atlas, not by the ~170 it took when every atlas was deformed as one batch. A chunk is one atlas
-on the CPU (where a batch buys no speed) and every atlas on CUDA (one batch, halved on
-out-of-memory by :mod:`crossmodalmas.registration_engine`); the fields and figures are the same
-either way.
+on the CPU (where a batch buys no speed) and every atlas on CUDA; the fields and figures are the
+same either way. On CUDA out-of-memory anywhere in a chunk (the network pass halves its own
+batch first, but the refinement's gradients and the warps need more), the chunk is retried
+with half as many atlases, and with one atlas that still does not fit, the step goes on on the
+CPU; each fallback is reported through ``warn``.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ class WarpedAtlases:
         images: ``(N, K, J, I)`` float32 warped, normalised atlas images.
         classes: ``(N, K, J, I)`` warped class indices (the input's integer type).
         qc: each atlas's registration figures.
+        device: where the step ended (the CPU after a CUDA out-of-memory fallback).
     """
 
     images: np.ndarray
     classes: np.ndarray
     qc: list[AtlasQC]
+    device: torch.device  # where the step ended: the CPU after an out-of-memory fallback
 
 
 @dataclass
@@ -92,11 +96,19 @@ def _deform_chunk(model, target: torch.Tensor, target_features: torch.Tensor, at
     return warped_images[:, 0].cpu().numpy(), warped_classes.cpu().numpy(), qc
 
 
+def _on_cpu(model: Optional[RegistrationModel], target: torch.Tensor, target_features: torch.Tensor):
+    """The model, target and descriptors on the CPU (the model's cache moves it back for a later run)."""
+    if model is not None:
+        model.net.to("cpu")
+    return model, target.cpu(), target_features.cpu()
+
+
 def deform_atlases(model: Optional[RegistrationModel], target: torch.Tensor, target_features: torch.Tensor,
                    atlases: AtlasesOnGrid, grid: Grid, num_classes: int, settings: tuple[int, float],
                    progress: Callable[[float], None], cancel: Callable[[], bool],
                    warn: Callable[[str], None]) -> WarpedAtlases:
-    """Register every atlas to the target and warp it, :func:`atlases_per_pass` at a time.
+    """Register every atlas to the target and warp it, :func:`atlases_per_pass` at a time
+    (fewer, then on the CPU, on CUDA out-of-memory).
 
     Args:
         model: the registration network (None: instance optimisation alone).
@@ -106,23 +118,43 @@ def deform_atlases(model: Optional[RegistrationModel], target: torch.Tensor, tar
         grid: the working grid.
         num_classes: class indices are below this (background 0 included).
         settings: ``(refine_iterations, regularisation)`` of the instance optimisation.
-        progress: called with the step's fraction done.
+        progress: called with the step's fraction done (never less than before).
         cancel: polled inside the optimisation; True stops it.
-        warn: called with a message when the network had to fall back (CUDA out of memory).
+        warn: called with a message on each out-of-memory fallback.
 
     Returns:
         :class:`WarpedAtlases` in the order of ``atlases``.
     """
-    count = len(atlases.names)
-    size = atlases_per_pass(count, target.device)
+    count, device = len(atlases.names), target.device
+    size = atlases_per_pass(count, device)
     images = np.empty(atlases.images.shape, dtype=np.float32)
     classes = np.empty(atlases.classes.shape, dtype=atlases.classes.dtype)
     qc: list[AtlasQC] = []
-    for first in range(0, count, size):
+    reached = [0.0]
+
+    def report(fraction: float) -> None:  # a retried chunk starts again below what was shown
+        reached[0] = max(reached[0], fraction)
+        progress(reached[0])
+
+    first = 0
+    while first < count:
         chunk = slice(first, min(first + size, count))
         share = (chunk.stop - first) / count
-        images[chunk], classes[chunk], figures = _deform_chunk(
-            model, target, target_features, atlases, chunk, grid, num_classes, settings,
-            (lambda f, done=first / count, share=share: progress(done + f * share), cancel, warn))
+        try:
+            images[chunk], classes[chunk], figures = _deform_chunk(
+                model, target, target_features, atlases, chunk, grid, num_classes, settings,
+                (lambda f, done=first / count, share=share: report(done + f * share), cancel, warn))
+        except torch.cuda.OutOfMemoryError:  # raised by CUDA only: the step is on CUDA
+            torch.cuda.empty_cache()
+            if chunk.stop - first > 1:
+                size = (chunk.stop - first) // 2
+                warn(f"deformable step: CUDA out of memory; retrying {size} atlas(es) at a time")
+            else:
+                warn("deformable step: CUDA out of memory with one atlas; running on the CPU")
+                model, target, target_features = _on_cpu(model, target, target_features)
+                device = target.device
+                size = atlases_per_pass(count, device)
+            continue
         qc.extend(figures)
-    return WarpedAtlases(images, classes, qc)
+        first = chunk.stop
+    return WarpedAtlases(images, classes, qc, device)

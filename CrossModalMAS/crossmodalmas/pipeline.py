@@ -245,8 +245,9 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
                                 on_grid.inside[order])
     warped = _deform(target_w, grid, len(table), on_grid, options, device, model, run)
     del on_grid  # the atlases as aligned: the warped ones replace them for the fusion
-    result = _fused_result(target, grid, table, target_w, warped, scores[order], options, device, model,
-                           similarity, run)
+    ended = device if warped.device.type == torch.device(device).type else warped.device  # CPU after a fallback
+    result = _fused_result(target, grid, table, target_w, warped, scores[order], options, ended, (model, similarity),
+                           run)
     return replace(result, labels=mask_unknown(result.labels, unknown), unknown=unknown if unknown.any() else None)
 
 
@@ -260,8 +261,11 @@ def _deform(target_w, grid, num_classes, atlases: AtlasesOnGrid, options, device
                           progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn)
 
 
-def _fused_result(target, grid, table, target_w, warped: WarpedAtlases, scores, options, device, model, similarity,
+def _fused_result(target, grid, table, target_w, warped: WarpedAtlases, scores, options, device, models,
                   run) -> Result:
+    """The fusion and the result, on the device the deformable step ended on (the CPU after
+    an out-of-memory fallback: what failed on CUDA for one atlas would fail for the fusion's N)."""
+    model, similarity = models
     run.step("fuse", f"label fusion ({options.fusion.value})")
     qc = [replace(item, selection_score=float(score)) for item, score in zip(warped.qc, scores)]
     fused = fused_fields(options.fusion, grid, target.grid, table, target_w, warped.images, warped.classes,
