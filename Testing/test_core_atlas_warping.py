@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from crossmodalmas import atlas_warping, registration_engine
 from crossmodalmas.atlas_warping import AtlasesOnGrid, deform_atlases
+from crossmodalmas.errors import CancelledError
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.phantoms import make_grid
 
@@ -74,6 +75,17 @@ def test_the_warped_atlases_keep_their_order_dtype_and_coverage(inputs, monkeypa
     assert set(np.unique(warped.classes)) <= {0, 1, 2}
     assert reported == sorted(reported) and reported[-1] == pytest.approx(1.0)
     assert atlases.classes.dtype == np.uint8 and atlases.images[1, :5].max() == 0.0  # inputs untouched
+
+
+def test_a_cancel_between_chunks_stops_before_the_next_atlas(inputs, monkeypatch):
+    monkeypatch.setattr(registration_engine, "CPU_CHUNK", 1)
+    done, real = [], atlas_warping._deform_chunk
+    monkeypatch.setattr(atlas_warping, "_deform_chunk", lambda *args: done.append(args[4]) or real(*args))
+    target, features, atlases = inputs
+    with pytest.raises(CancelledError, match="segmentation cancelled"):
+        deform_atlases(None, target, features, atlases, GRID, 3, (0, 0.01), progress=lambda f: None,
+                       cancel=lambda: len(done) == 1, warn=pytest.fail)  # no refinement: nothing inside polls
+    assert done == [slice(0, 1)]  # the first atlas done, no other begun
 
 
 def _fake_cuda(monkeypatch, fits):

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from crossmodalmas.errors import CancelledError
 from crossmodalmas.features import descriptor_support, mind_ssc_each
 from crossmodalmas.qc import descriptor_similarity, registration_qc
 from crossmodalmas.registration_engine import RegistrationModel, atlases_per_pass, deformable_registration
@@ -119,11 +120,14 @@ def deform_atlases(model: Optional[RegistrationModel], target: torch.Tensor, tar
         num_classes: class indices are below this (background 0 included).
         settings: ``(refine_iterations, regularisation)`` of the instance optimisation.
         progress: called with the step's fraction done (never less than before).
-        cancel: polled inside the optimisation; True stops it.
+        cancel: polled before each chunk and inside the optimisation.
         warn: called with a message on each out-of-memory fallback.
 
     Returns:
         :class:`WarpedAtlases` in the order of ``atlases``.
+
+    Raises:
+        CancelledError: ``cancel()`` returned True.
     """
     count, device = len(atlases.names), target.device
     size = atlases_per_pass(count, device)
@@ -138,6 +142,8 @@ def deform_atlases(model: Optional[RegistrationModel], target: torch.Tensor, tar
 
     first = 0
     while first < count:
+        if cancel():  # between chunks too: without refinement nothing inside one polls it
+            raise CancelledError("segmentation cancelled")
         chunk = slice(first, min(first + size, count))
         share = (chunk.stop - first) / count
         try:
