@@ -233,7 +233,7 @@ def test_sigterm_cancels_with_exit_3_and_leaves_no_output(tiny_case, tmp_path):
     try:
         deadline = time.monotonic() + 60
         for line in process.stdout:
-            if re.match(r"^PROGRESS \S+ registration network \S+$", line.strip()):  # refining
+            if re.match(r"^PROGRESS \S+ registration network \S+, atlas mr6 \(1 of 2\)$", line.strip()):  # refining
                 break
             assert time.monotonic() < deadline, "no registration progress within 60 s"
         else:

@@ -38,7 +38,7 @@ def _deform(inputs, chunk, monkeypatch, progress=None):
     monkeypatch.setattr(registration_engine, "CPU_CHUNK", chunk)
     target, features, atlases = inputs
     return deform_atlases(None, target, features, atlases, GRID, 3, (4, 0.01),
-                          progress=progress or (lambda f: None), cancel=lambda: False, warn=pytest.fail)
+                          progress=progress or (lambda f, which: None), cancel=lambda: False, warn=pytest.fail)
 
 
 def test_one_atlas_at_a_time_gives_what_one_batch_gives(inputs, monkeypatch):
@@ -65,8 +65,8 @@ def test_each_chunk_is_registered_on_its_own_with_its_own_support(inputs, monkey
 
 
 def test_the_warped_atlases_keep_their_order_dtype_and_coverage(inputs, monkeypatch):
-    reported = []
-    warped = _deform(inputs, 1, monkeypatch, reported.append)
+    reported, said = [], []
+    warped = _deform(inputs, 1, monkeypatch, lambda f, which: reported.append(f) or said.append(which))
     atlases = inputs[2]
     assert warped.images.shape == warped.classes.shape == (3, *SHAPE)
     assert warped.images.dtype == np.float32 and warped.classes.dtype == np.uint8
@@ -74,7 +74,14 @@ def test_the_warped_atlases_keep_their_order_dtype_and_coverage(inputs, monkeypa
     assert [item.coverage for item in warped.qc] == pytest.approx([1.0, 1 - 5 / 14, 1.0])
     assert set(np.unique(warped.classes)) <= {0, 1, 2}
     assert reported == sorted(reported) and reported[-1] == pytest.approx(1.0)
+    assert sorted(set(said)) == ["atlas a (1 of 3)", "atlas b (2 of 3)", "atlas c (3 of 3)"]
     assert atlases.classes.dtype == np.uint8 and atlases.images[1, :5].max() == 0.0  # inputs untouched
+
+
+def test_the_progress_names_the_atlases_in_work():
+    names = ["a", "b", "c", "d"]
+    assert atlas_warping._in_work(names, slice(2, 3)) == "atlas c (3 of 4)"
+    assert atlas_warping._in_work(names, slice(1, 3)) == "atlases 2-3 of 4"
 
 
 def test_a_cancel_between_chunks_stops_before_the_next_atlas(inputs, monkeypatch):
@@ -83,7 +90,7 @@ def test_a_cancel_between_chunks_stops_before_the_next_atlas(inputs, monkeypatch
     monkeypatch.setattr(atlas_warping, "_deform_chunk", lambda *args: done.append(args[4]) or real(*args))
     target, features, atlases = inputs
     with pytest.raises(CancelledError, match="segmentation cancelled"):
-        deform_atlases(None, target, features, atlases, GRID, 3, (0, 0.01), progress=lambda f: None,
+        deform_atlases(None, target, features, atlases, GRID, 3, (0, 0.01), progress=lambda f, which: None,
                        cancel=lambda: len(done) == 1, warn=pytest.fail)  # no refinement: nothing inside polls
     assert done == [slice(0, 1)]  # the first atlas done, no other begun
 
@@ -110,17 +117,20 @@ def _fake_cuda(monkeypatch, fits):
 def _deform_reporting(inputs):
     target, features, atlases = inputs
     warnings, reported = [], []
-    warped = deform_atlases(None, target, features, atlases, GRID, 3, (4, 0.01), progress=reported.append,
-                            cancel=lambda: False, warn=warnings.append)
-    assert reported == sorted(reported) and reported[-1] == pytest.approx(1.0)  # a retry never goes back
-    return warped, warnings
+    warped = deform_atlases(None, target, features, atlases, GRID, 3, (4, 0.01),
+                            progress=lambda f, which: reported.append((f, which)), cancel=lambda: False,
+                            warn=warnings.append)
+    fractions = [f for f, _ in reported]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)  # a retry never goes back
+    return warped, {which for _, which in reported}, warnings
 
 
 def test_cuda_out_of_memory_halves_the_chunk_and_says_so(inputs, monkeypatch):
     plain = _deform(inputs, 1, monkeypatch)
     sizes, moved = _fake_cuda(monkeypatch, fits=lambda size: size == 1)
-    warped, warnings = _deform_reporting(inputs)
+    warped, said, warnings = _deform_reporting(inputs)
     assert sizes == [3, 1, 1, 1] and not moved
+    assert said == {"atlas a (1 of 3)", "atlas b (2 of 3)", "atlas c (3 of 3)"}  # the failed chunk said nothing
     assert warnings == ["deformable step: CUDA out of memory; retrying 1 atlas(es) at a time"]
     assert np.array_equal(warped.classes, plain.classes) and np.allclose(warped.images, plain.images, atol=1e-6)
     assert [item.name for item in warped.qc] == ["a", "b", "c"]
@@ -128,7 +138,7 @@ def test_cuda_out_of_memory_halves_the_chunk_and_says_so(inputs, monkeypatch):
 
 def test_cuda_out_of_memory_with_one_atlas_goes_on_on_the_cpu(inputs, monkeypatch):
     sizes, moved = _fake_cuda(monkeypatch, fits=lambda size: False)
-    warped, warnings = _deform_reporting(inputs)
+    warped, _, warnings = _deform_reporting(inputs)
     assert sizes == [3, 1, 1, 1, 1] and moved == [True]  # the first atlas tried twice on "CUDA", then all on the CPU
     assert warnings == ["deformable step: CUDA out of memory; retrying 1 atlas(es) at a time",
                         "deformable step: CUDA out of memory with one atlas; running on the CPU"]

@@ -97,6 +97,13 @@ def _deform_chunk(model, target: torch.Tensor, target_features: torch.Tensor, at
     return warped_images[:, 0].cpu().numpy(), warped_classes.cpu().numpy(), qc
 
 
+def _in_work(names: Sequence[str], chunk: slice) -> str:
+    """What the progress bar says of a chunk: its atlas (one) or its range (several)."""
+    if chunk.stop - chunk.start == 1:
+        return f"atlas {names[chunk.start]} ({chunk.start + 1} of {len(names)})"
+    return f"atlases {chunk.start + 1}-{chunk.stop} of {len(names)}"
+
+
 def _on_cpu(model: Optional[RegistrationModel], target: torch.Tensor, target_features: torch.Tensor):
     """The model, target and descriptors on the CPU (the model's cache moves it back for a later run)."""
     if model is not None:
@@ -106,7 +113,7 @@ def _on_cpu(model: Optional[RegistrationModel], target: torch.Tensor, target_fea
 
 def deform_atlases(model: Optional[RegistrationModel], target: torch.Tensor, target_features: torch.Tensor,
                    atlases: AtlasesOnGrid, grid: Grid, num_classes: int, settings: tuple[int, float],
-                   progress: Callable[[float], None], cancel: Callable[[], bool],
+                   progress: Callable[[float, str], None], cancel: Callable[[], bool],
                    warn: Callable[[str], None]) -> WarpedAtlases:
     """Register every atlas to the target and warp it, :func:`atlases_per_pass` at a time
     (fewer, then on the CPU, on CUDA out-of-memory).
@@ -119,7 +126,8 @@ def deform_atlases(model: Optional[RegistrationModel], target: torch.Tensor, tar
         grid: the working grid.
         num_classes: class indices are below this (background 0 included).
         settings: ``(refine_iterations, regularisation)`` of the instance optimisation.
-        progress: called with the step's fraction done (never less than before).
+        progress: called with the step's fraction done (never less than before) and the atlases
+            in work, e.g. ``"atlas liver03 (2 of 10)"``.
         cancel: polled before each chunk and inside the optimisation.
         warn: called with a message on each out-of-memory fallback.
 
@@ -136,20 +144,21 @@ def deform_atlases(model: Optional[RegistrationModel], target: torch.Tensor, tar
     qc: list[AtlasQC] = []
     reached = [0.0]
 
-    def report(fraction: float) -> None:  # a retried chunk starts again below what was shown
+    def report(fraction: float, which: str) -> None:  # a retried chunk starts again below what was shown
         reached[0] = max(reached[0], fraction)
-        progress(reached[0])
+        progress(reached[0], which)
 
     first = 0
     while first < count:
         if cancel():  # between chunks too: without refinement nothing inside one polls it
             raise CancelledError("segmentation cancelled")
         chunk = slice(first, min(first + size, count))
-        share = (chunk.stop - first) / count
+        share, which = (chunk.stop - first) / count, _in_work(atlases.names, chunk)
         try:
             images[chunk], classes[chunk], figures = _deform_chunk(
                 model, target, target_features, atlases, chunk, grid, num_classes, settings,
-                (lambda f, done=first / count, share=share: report(done + f * share), cancel, warn))
+                (lambda f, done=first / count, share=share, which=which: report(done + f * share, which),
+                 cancel, warn))
         except torch.cuda.OutOfMemoryError:  # raised by CUDA only: the step is on CUDA
             torch.cuda.empty_cache()
             if chunk.stop - first > 1:

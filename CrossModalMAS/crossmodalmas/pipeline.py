@@ -258,7 +258,8 @@ def _deform(target_w, grid, num_classes, atlases: AtlasesOnGrid, options, device
     run.step("register", f"{message}: {len(atlases.names)} atlases")
     return deform_atlases(model, target_t, mind_ssc(target_t), atlases, grid, num_classes,
                           (options.refine_for(engine), options.regularisation),
-                          progress=lambda f: run.report(f, message), cancel=run.cancelled, warn=run.warn)
+                          progress=lambda f, which: run.report(f, f"{message}, {which}"), cancel=run.cancelled,
+                          warn=run.warn)
 
 
 def _fused_result(target, grid, table, target_w, warped: WarpedAtlases, scores, options, device, models,
