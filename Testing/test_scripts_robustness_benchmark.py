@@ -156,6 +156,21 @@ def test_memory_rows_of_another_commit_are_taken_only_when_asked_and_each_table_
         robustness._with_tables_of(results, {**earlier, "machine": {"cpu": "y", "commit": "def"}}, another_commit=True)
 
 
+def test_a_table_run_with_other_torch_threads_is_taken_and_its_threads_named(bench):
+    robustness = bench.benchmark_robustness
+    results = {"machine": {"cpu": "x", "commit": "abc", "threads": 1}, "partial_fov": [_row(0.7, 0.0)], "memory": []}
+    memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
+    other = {"machine": {"cpu": "x", "commit": "def", "threads": 2}, "date": "2026-11-04", "memory": memory}
+    merged = robustness._with_tables_of(results, other, another_commit=True)
+    assert merged["memory"] == memory
+    assert robustness._sources_note(merged) == ("The memory rows against atlas count are of another commit: def, "
+                                                "run on 2026-11-04 with 2 torch threads.")
+    same_threads = {**other, "machine": {**other["machine"], "threads": 1}}
+    assert robustness._sources_note(robustness._with_tables_of(results, same_threads, True)).endswith("2026-11-04.")
+    with pytest.raises(SystemExit, match="another machine or commit"):  # threads may differ, the CPU never
+        robustness._with_tables_of(results, {**other, "machine": {"cpu": "y", "commit": "def", "threads": 2}}, True)
+
+
 def test_a_run_before_memory_sources_keeps_its_note(bench):
     assert bench.benchmark_robustness._sources_note({"machine": {"commit": "abc"}, "note": "As it was."}) == "As it was."
     assert bench.benchmark_robustness._sources_note({"machine": {"commit": "abc"}}) == ""

@@ -385,6 +385,7 @@ def _jobs_note(jobs: int, who: str = "The partial pairs") -> str:
     return f" {who} ran {jobs} processes side by side (`--jobs {jobs}`): their seconds share the cores."
 
 
+_RUN_SETTINGS = ("commit", "threads")  # what may differ between the runs whose tables are merged
 MERGED_TABLES = {"memory": "memory rows against atlas count", "memory_by_size": "memory rows against target size",
                  "brain_partial_fov": "brain pairs"}
 
@@ -393,15 +394,17 @@ def _with_tables_of(results: dict, other: dict, another_commit: bool = False) ->
     """``results`` with ``other``'s tables of :data:`MERGED_TABLES` (each table ``other`` has rows
     of; ``results`` keeps its own of the others): a run of one commit on one machine, or (with
     ``another_commit``) of another commit on this machine. Each table's run is kept, for the
-    section to name."""
-    same_machine = {k: v for k, v in other["machine"].items() if k != "commit"} == \
-        {k: v for k, v in results["machine"].items() if k != "commit"}
+    section to name: its commit, date and torch threads (a setting of the run, not of the machine:
+    the section names it where it differs from the section's own)."""
+    same_machine = {k: v for k, v in other["machine"].items() if k not in _RUN_SETTINGS} == \
+        {k: v for k, v in results["machine"].items() if k not in _RUN_SETTINGS}
     same_commit = other["machine"].get("commit") == results["machine"].get("commit")
     if not same_machine or not (same_commit or another_commit):
         raise SystemExit(f"--tables-from: another machine or commit ({other['machine']} vs {results['machine']})")
     taken = {key: other[key] for key in MERGED_TABLES if other.get(key)}
-    sources = {**(_table_sources(results) or {}),
-               **{key: {"commit": other["machine"].get("commit"), "date": other.get("date")} for key in taken}}
+    machine = other["machine"]
+    run = {"commit": machine.get("commit"), "date": other.get("date"), "threads": machine.get("threads")}
+    sources = {**(_table_sources(results) or {}), **{key: dict(run) for key in taken}}
     kept = {k: v for k, v in results.items() if k != "memory_sources"}
     return {**kept, **taken, "table_sources": sources}
 
@@ -419,11 +422,13 @@ def _sources_note(results: dict) -> str:
         return results.get("note", "")
     notes = []
     for key, source in sources.items():
+        threads = source.get("threads")
+        with_threads = "" if threads in (None, results["machine"].get("threads")) else f" with {threads} torch threads"
         if source["commit"] == results["machine"].get("commit"):
-            notes.append(f"The {MERGED_TABLES[key]} ran in a second run of this commit.")
+            notes.append(f"The {MERGED_TABLES[key]} ran in a second run of this commit{with_threads}.")
         else:
             notes.append(f"The {MERGED_TABLES[key]} are of another commit: {source['commit']}, "
-                         f"run on {source['date']}.")
+                         f"run on {source['date']}{with_threads}.")
     return " ".join(notes)
 
 
