@@ -44,7 +44,7 @@ class WarpedAtlases:
     images: np.ndarray
     classes: np.ndarray
     qc: list[AtlasQC]
-    device: torch.device  # where the step ended: the CPU after an out-of-memory fallback
+    device: torch.device
 
 
 @dataclass

@@ -7,9 +7,9 @@ Like the registration network, the similarity network runs at the scale it was t
 interpolated back to the working grid. The atlases go through the network as the registration
 network takes them (:func:`~crossmodalmas.registration_engine.atlases_per_pass`): all as one
 batch on CUDA, one at a time on the CPU, where an atlas's embedding and its temporaries took
-~0.1 GB and ten at once were the run's peak. Only the box around
-the voxels where the warped atlases disagree is embedded (with the receptive field's context
-around it); elsewhere the label is decided and the logits stay 0.
+~0.1 GB and ten at once were the run's peak. Only the box around the voxels where the warped
+atlases disagree is embedded (with the receptive field's context around it); elsewhere the
+label is decided and the logits stay 0.
 """
 
 from __future__ import annotations
