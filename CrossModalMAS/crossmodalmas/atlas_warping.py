@@ -90,7 +90,7 @@ def _deform_chunk(model, target: torch.Tensor, target_features: torch.Tensor, at
         classes = torch.from_numpy(atlases.classes[chunk])[:, None].to(device)
         warped_classes = warp_labels(classes, fields.forward, num_classes)[:, 0]
         warped_images = warp(images, fields.forward)
-        warped_features = mind_ssc_each(warped_images)  # of the warped image: what re-fusion recomputes
+        warped_features = mind_ssc_each(warped_images)  # for the QC's similarity after the step
     coverage = atlases.inside[chunk].reshape(warped_images.shape[0], -1).mean(1).tolist()
     qc = registration_qc(list(atlases.names[chunk]), fields, similarity_before, warped_features, target_features,
                          coverage, grid.spacing_kji, support)

@@ -49,7 +49,7 @@ def _similarity(similarity, model, classes, target, images, grid, device):
 def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_values: np.ndarray,
                  target_image: np.ndarray, warped_images: np.ndarray, warped_classes: np.ndarray,
                  qc: Sequence[AtlasQC], device, similarity: Optional[np.ndarray] = None,
-                 similarity_model: Union[None, str, SimilarityModel] = None, features=None) -> dict:
+                 similarity_model: Union[None, str, SimilarityModel] = None) -> dict:
     """Fuse the warped atlases with ``method``: the :class:`Result` fields the fusion sets.
 
     Args:
@@ -64,8 +64,6 @@ def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_valu
         similarity: cached PLF logits ``(N, K, J, I)``, or None to compute them (PLF only).
         similarity_model: the similarity network to compute them with: loaded, or a name or
             path (None: the bundled default); with ``similarity``, the name of the one that did.
-        features: ``(target, atlases)`` MIND-SSC of ``target_image`` and ``warped_images``
-            when already computed (NLWV only; computed here otherwise).
 
     Returns:
         ``labels, weights, uncertainty, qc, fusion, similarity, similarity_model``.
@@ -81,9 +79,9 @@ def fused_fields(method: FusionMethod, grid: Grid, target_grid: Grid, label_valu
     logits = None
     if method is FusionMethod.PATCH_LABEL_FUSION:
         logits, similarity_model = _similarity(similarity, similarity_model, classes, target, images, grid, device)
-    if method is FusionMethod.NON_LOCAL_WEIGHTED_VOTE and features is None:
-        features = (mind_ssc(target), mind_ssc_each(images))
-    target_features, atlas_features = features if features is not None else (None, None)
+    target_features = atlas_features = None
+    if method is FusionMethod.NON_LOCAL_WEIGHTED_VOTE:  # MIND-SSC of the target and the warped images
+        target_features, atlas_features = mind_ssc(target), mind_ssc_each(images)
     with torch.no_grad():
         fused = fuse(method, classes, len(label_values), target_features=target_features,
                      atlas_features=atlas_features, similarity=logits)
