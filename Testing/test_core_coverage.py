@@ -24,7 +24,7 @@ def test_a_slab_covers_its_own_slices_only():
     target = _grid((40, 10, 10))  # 80 mm along S
     slab = _grid((10, 10, 10), origin=(0.0, 0.0, 40.0))  # S 40..58 mm
     counter = CoverageCounter(target)
-    counter.add(LabelMap(np.ones(slab.shape, np.int32), slab.ijk_to_ras), sitk.Transform())
+    counter.add(counter.footprint(LabelMap(np.ones(slab.shape, np.int32), slab.ijk_to_ras), sitk.Transform()))
     unknown = counter.unknown()
     s = target.ijk_to_points(np.array([[0, 0, k] for k in range(40)]))[:, 2]
     inside = (s >= 40.0 - 4.0) & (s <= 58.0 + 4.0)  # located to the coverage grid's 4 mm
@@ -37,7 +37,7 @@ def test_two_atlases_cover_the_union():
     counter = CoverageCounter(target)
     for origin in ((0.0, 0.0, 0.0), (0.0, 0.0, 40.0)):
         slab = _grid((20, 10, 10), origin=origin)
-        counter.add(LabelMap(np.zeros(slab.shape, np.int32), slab.ijk_to_ras), sitk.Transform())
+        counter.add(counter.footprint(LabelMap(np.zeros(slab.shape, np.int32), slab.ijk_to_ras), sitk.Transform()))
     assert not counter.unknown().any()
     assert unknown_warning(counter.unknown()) == ""
 

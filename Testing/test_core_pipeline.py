@@ -1,5 +1,7 @@
 """segment() end to end on tiny phantoms: grid contract, progress, cancel, selection, inputs untouched."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from crossmodalmas.metrics import dice
 from crossmodalmas.options import SegmentOptions
 from crossmodalmas.phantoms import heart_tissue_map, make_grid, random_heart_anatomy, render, tissue_to_labels
 from crossmodalmas.pipeline import segment
+from crossmodalmas.volume import LabelMap
 
 FAST = dict(refine_iterations=8, max_working_voxels=32 ** 3)
 
@@ -62,3 +65,62 @@ def test_segment_refuses_roi_outside_target_and_no_atlas(case):
         segment(target, atlases, SegmentOptions(roi_ras=(900, 900, 900, 950, 950, 950), **FAST))
     with pytest.raises(InputError, match=r"atlases: no atlas given"):
         segment(target, [], SegmentOptions(**FAST))
+
+
+def _align_all(target, atlases, workers, monkeypatch):
+    from crossmodalmas import pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_ALIGN_WORKERS", workers)
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 8)
+    messages = []
+    run = pipeline._Run(lambda f, m: messages.append(m), None)
+    run.step("affine", "affine alignment")
+    aligned, unknown = pipeline._align_all(target, atlases, 0, run)
+    return aligned, unknown, messages
+
+
+def test_atlases_aligned_side_by_side_get_the_transforms_they_get_one_at_a_time(case, monkeypatch):
+    target, _, atlases = case
+    atlases = atlases + [Atlas("mr3", *_case(3, "mr"))]
+    alone, unknown_alone, messages_alone = _align_all(target, atlases, 1, monkeypatch)
+    side_by_side, unknown, messages = _align_all(target, atlases, 3, monkeypatch)
+    assert [a.name for a in side_by_side] == ["mr1", "mr2", "mr3"]
+    for one, other in zip(alone, side_by_side):
+        assert one.transform.GetParameters() == other.transform.GetParameters()
+        assert one.transform.GetFixedParameters() == other.transform.GetFixedParameters()
+    assert np.array_equal(unknown, unknown_alone)
+    assert messages == messages_alone
+
+
+def test_a_bad_atlas_among_side_by_side_ones_is_named_in_list_order(case, monkeypatch):
+    target, _, atlases = case
+    bad = Atlas("small", atlases[0].image, LabelMap(np.zeros((2, 2, 2), np.int32), atlases[0].labels.ijk_to_ras))
+    with pytest.raises(InputError, match=r"atlas small labels"):
+        _align_all(target, [atlases[0], bad, atlases[1]], 3, monkeypatch)
+
+
+def test_cancel_is_polled_while_an_atlas_is_aligned(case, monkeypatch):
+    from crossmodalmas import pipeline
+
+    target, _, atlases = case
+    holding, release = threading.Event(), threading.Event()
+    align_one = pipeline._align_one
+
+    def held(*args):
+        holding.set()
+        release.wait(10)  # a long alignment; without polling, cancel would wait this out
+        return align_one(*args)
+
+    monkeypatch.setattr(pipeline, "_align_one", held)
+    polled_while_held = []
+
+    def cancel():
+        if holding.is_set() and not release.is_set():
+            polled_while_held.append(1)
+            release.set()  # the held atlases finish, as a real alignment would
+            return True
+        return False
+
+    with pytest.raises(CancelledError):
+        segment(target, atlases, SegmentOptions(**FAST), cancel=cancel)
+    assert polled_while_held

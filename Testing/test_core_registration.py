@@ -260,3 +260,42 @@ def test_affine_align_takes_4_mm_slices_with_finer_pixels():
     moved = Volume(body.copy(), image.ijk_to_ras @ np.array([[1, 0, 0, 2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
     point = affine.affine_align(image, moved).TransformPoint((0.0, 0.0, 0.0))
     assert np.linalg.norm(point) < 5.0  # the 1.6 mm shift (LPS), give or take the 4 mm search grid
+
+
+def test_one_itk_thread_holds_while_any_thread_is_inside_and_restores_after_the_last():
+    """Atlases are aligned side by side: one thread leaving must not give ITK its threads back
+    under another's registration (their transforms would then vary from run to run)."""
+    import threading
+
+    import SimpleITK as sitk
+
+    from crossmodalmas.affine import _one_itk_thread
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(3)
+    try:
+        first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+        seen = []
+
+        def first():
+            with _one_itk_thread:
+                first_in.set()
+                second_in.wait(5)
+            first_out.set()
+
+        def second():
+            first_in.wait(5)
+            with _one_itk_thread:
+                second_in.set()
+                first_out.wait(5)
+                seen.append(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert seen == [1]
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 3
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)

@@ -6,8 +6,8 @@ Transforms map *fixed* (target) LPS points to *moving* (atlas) LPS points, as Si
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
@@ -54,18 +54,37 @@ def _downsampled(volume: Volume) -> sitk.Image:
                          sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
-@contextlib.contextmanager
-def _one_itk_thread():
-    """ITK's metrics split their sums over a thread pool, differently from run to run, so the
+class _OneITKThread:
+    """A context in which ITK runs one thread.
+
+    ITK's metrics split their sums over a thread pool, differently from run to run, so the
     same inputs gave transforms differing by ~1e-6 (enough to move label voxels). The metric
-    reads the global default, so it is set for the call and restored after; at ~4 mm one
-    thread costs little."""
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+    reads the process-wide default, so it is set to 1 while any thread is inside the context
+    and restored when the last one leaves (atlases are aligned side by side, see
+    :func:`crossmodalmas.pipeline._align_all`; a plain save-and-restore per call would let one
+    thread restore the default under another's registration). At ~4 mm one thread costs little.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._previous = 0
+
+    def __enter__(self):
+        with self._lock:
+            if self._inside == 0:
+                self._previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+            self._inside += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(self._previous)
+
+
+_one_itk_thread = _OneITKThread()
 
 
 def _mattes_method() -> sitk.ImageRegistrationMethod:
@@ -88,7 +107,7 @@ def _run_stage(fixed, moving, transform, shrink: Sequence[int], iterations: int,
     method.SetShrinkFactorsPerLevel(list(shrink))
     method.SetSmoothingSigmasPerLevel([s - 1 for s in shrink])
     method.SetInitialTransform(transform, inPlace=False)
-    with _one_itk_thread():
+    with _one_itk_thread:
         result = method.Execute(fixed, moving)
     return sitk.CompositeTransform(result).GetNthTransform(0), method.GetMetricValue()
 
@@ -134,6 +153,7 @@ class AffineAligner:
         self.search = GlobalSearch(target)
         self._target = target
         self._fine_search: Optional[GlobalSearch] = None  # made for the first partial atlas
+        self._fine_search_lock = threading.Lock()  # atlases may be aligned side by side
 
     def align(self, atlas: Volume, seed: int = 0, labels: Optional[LabelMap] = None) -> sitk.Transform:
         """The affine transform of ``atlas`` (see :func:`affine_align`)."""
@@ -182,8 +202,9 @@ class AffineAligner:
     def _polished(self, atlas: Volume, labels: Optional[LabelMap], transform: sitk.Transform) -> sitk.Transform:
         """``transform`` slid along the slab's thin axis, then polished, on the fine search grid
         (made once, on first use)."""
-        if self._fine_search is None:
-            self._fine_search = GlobalSearch(self._target, spacing_mm=_POLISH_SPACING_MM)
+        with self._fine_search_lock:
+            if self._fine_search is None:
+                self._fine_search = GlobalSearch(self._target, spacing_mm=_POLISH_SPACING_MM)
         fine = self._fine_search
         ready = fine.moving(atlas, labels)
         axis = slab_axis(self._target, atlas, transform, fine.shares(ready, transform))
@@ -289,7 +310,7 @@ def _two_way_mattes(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Trans
         method.SetMetricSamplingStrategy(method.NONE)
         method.SetInitialTransform(mapping, inPlace=False)
         try:
-            with _one_itk_thread():
+            with _one_itk_thread:
                 total += method.MetricEvaluate(still, other)
         except RuntimeError:
             return float("inf")

@@ -38,11 +38,17 @@ class CoverageCounter:
         self.coarse = Grid(tuple(int(s) for s in shape), target.ijk_to_ras @ np.diag([*self.stride_kji[::-1], 1.0]))
         self.count = np.zeros(self.coarse.shape, dtype=np.uint16)
 
-    def add(self, labels: LabelMap, transform) -> None:
-        """Count one atlas (its label map's grid is its field of view; ``transform``: target
-        LPS -> atlas LPS, as :func:`crossmodalmas.affine.affine_align` gives)."""
+    def footprint(self, labels: LabelMap, transform) -> np.ndarray:
+        """Which voxels of the coarse grid one atlas covers (its label map's grid is its field
+        of view; ``transform``: target LPS -> atlas LPS, as
+        :func:`crossmodalmas.affine.affine_align` gives). Made apart from :meth:`add` so that
+        atlases aligned side by side each make theirs, and the count is added in one thread."""
         mapped = resample(labels.array, labels.ijk_to_ras, self.coarse, transform, labels=True, default=-1)
-        self.count += mapped >= 0
+        return mapped >= 0
+
+    def add(self, footprint: np.ndarray) -> None:
+        """Count one atlas by its :meth:`footprint`."""
+        self.count += footprint
 
     def unknown(self) -> np.ndarray:
         """``(K, J, I)`` bool on the target's grid: covered by no atlas."""

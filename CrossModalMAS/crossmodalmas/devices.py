@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from crossmodalmas.errors import InputError
@@ -16,3 +18,9 @@ def resolve_device(choice: DeviceChoice) -> torch.device:
     if choice is DeviceChoice.CPU or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it, e.g. a
+    container's or a batch job's share; else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence, Union
 
@@ -17,7 +19,7 @@ import torch
 from crossmodalmas import atlases as atlas_io
 from crossmodalmas.atlases import Atlas, AtlasFiles
 from crossmodalmas.coverage import CoverageCounter, mask_unknown, unknown_warning
-from crossmodalmas.devices import resolve_device
+from crossmodalmas.devices import resolve_device, usable_cores
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.options import FusionMethod, SegmentOptions
@@ -115,20 +117,54 @@ def _label_table(aligned: Sequence[_Aligned], run: _Run) -> np.ndarray:
     return np.array([0] + union, dtype=np.int64)
 
 
+# Atlases are aligned side by side, up to this many at once. SimpleITK lets go of Python's lock
+# in its registrations and filters, and each registration runs one ITK thread (reproducible
+# transforms, see affine._OneITKThread), so one atlas at a time kept all cores but one idle.
+# The bound: each atlas in work holds its full-resolution arrays and a few copies of them.
+MAX_ALIGN_WORKERS = 4
+_CANCEL_POLL_S = 0.5  # how often cancel is polled while an atlas is being aligned
+
+
+def _align_one(aligner: AffineAligner, covered: CoverageCounter, source: Union[Atlas, AtlasFiles],
+               seed: int) -> tuple[_Aligned, np.ndarray]:
+    """One atlas checked and affinely aligned (a file-backed atlas's arrays freed on return),
+    with its coverage :meth:`~CoverageCounter.footprint`."""
+    atlas = _checked(source)
+    transform = aligner.align(atlas.image, seed, atlas.labels)
+    aligned = _Aligned(source, atlas.name, transform, set(atlas.labels.labels.tolist()),
+                       label_box_in_target(atlas.labels, transform))
+    return aligned, covered.footprint(atlas.labels, transform)
+
+
 def _align_all(target: Volume, sources: Sequence[Union[Atlas, AtlasFiles]], seed: int, run: _Run):
-    """Check and affinely align each atlas, one at a time (see :class:`_Aligned`); and the
-    target voxels no atlas's field of view covers."""
-    aligned, aligner, covered = [], AffineAligner(target), CoverageCounter(target.grid)
-    for index, source in enumerate(sources):
-        run.check_cancel()
-        atlas = _checked(source)
-        run.report(index / len(sources), f"affine alignment of atlas {atlas.name}")
-        transform = aligner.align(atlas.image, seed, atlas.labels)
-        aligned.append(_Aligned(source, atlas.name, transform, set(atlas.labels.labels.tolist()),
-                                label_box_in_target(atlas.labels, transform)))
-        covered.add(atlas.labels, transform)
-        del atlas  # a file-backed atlas's arrays go now
+    """Check and affinely align each atlas (see :class:`_Aligned`), up to
+    :data:`MAX_ALIGN_WORKERS` side by side; and the target voxels no atlas's field of view
+    covers. Each atlas's transform is what it would be alone: the atlases share only the
+    target's part, made once."""
+    aligner, covered = AffineAligner(target), CoverageCounter(target.grid)
+    pool = ThreadPoolExecutor(max(1, min(MAX_ALIGN_WORKERS, usable_cores(), len(sources))),
+                              thread_name_prefix="crossmodalmas-affine")
+    try:
+        jobs = [pool.submit(_align_one, aligner, covered, source, seed) for source in sources]
+        aligned = []
+        for index, (source, job) in enumerate(zip(sources, jobs)):
+            run.report(index / len(sources), f"affine alignment of atlas {source.name}")
+            item, footprint = _awaited(job, run)
+            aligned.append(item)
+            covered.add(footprint)
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an error or cancel: the atlases not begun are dropped
     return aligned, covered.unknown()
+
+
+def _awaited(job: Future, run: _Run):
+    """``job``'s result (its exception raised here), cancel polled while it runs."""
+    while True:
+        run.check_cancel()
+        try:
+            return job.result(timeout=_CANCEL_POLL_S)
+        except FutureTimeout:
+            continue
 
 
 def _region(target: Volume, aligned: Sequence[_Aligned], options: SegmentOptions, classes: int, run: _Run) -> Grid:

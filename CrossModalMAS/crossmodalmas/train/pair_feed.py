@@ -26,7 +26,6 @@ resumed with another number of ranks gives its ranks other streams than before.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Union
 
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from crossmodalmas.devices import usable_cores
 from crossmodalmas.label_sources import LabelMapBank
 from crossmodalmas.synth import SynthPair, synth_pair
 from crossmodalmas.train.real_pairs import RealPairs, augment
@@ -146,8 +146,7 @@ def resolve_workers(workers: Optional[int], device: torch.device, local_processe
         return workers
     if device.type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(_MAX_AUTO_WORKERS, cores // max(1, local_processes) - 1))
+    return max(1, min(_MAX_AUTO_WORKERS, usable_cores() // max(1, local_processes) - 1))
 
 
 class PairFeed:
