@@ -150,6 +150,10 @@ def test_memory_rows_of_another_commit_are_taken_only_when_asked_and_each_table_
     assert robustness._sources_note(merged) == (
         "The memory rows against atlas count are of another commit: def, run on 2026-11-01. "
         "The memory rows against target size are of another commit: fed, run on 2026-11-03.")
+    both = {**earlier, "memory_by_size": [_size_row(1.0)]}  # one run's two tables: one sentence
+    assert robustness._sources_note(robustness._with_tables_of(results, both, True)) == (
+        "The memory rows against atlas count and the memory rows against target size are of another commit: "
+        "def, run on 2026-11-01.")
     own_sizes = {**results, "memory_by_size": [_size_row(0.5)]}  # the other run has no size rows: ours stay
     assert robustness._with_tables_of(own_sizes, earlier, True)["memory_by_size"] == [_size_row(0.5)]
     with pytest.raises(SystemExit, match="another machine or commit"):  # another machine, never

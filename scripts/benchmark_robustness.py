@@ -415,20 +415,22 @@ def _table_sources(results: dict) -> Optional[dict]:
 
 
 def _sources_note(results: dict) -> str:
-    """Which tables ran in another run than the rest, and of which commit (a run before table
-    sources were kept has its own ``note``)."""
+    """Which tables ran in another run than the rest, and of which commit, one sentence per run
+    (a run before table sources were kept has its own ``note``)."""
     sources = _table_sources(results)
     if sources is None:
         return results.get("note", "")
-    notes = []
+    runs: dict[tuple, list[str]] = {}  # tables of one run together, in their order
     for key, source in sources.items():
-        threads = source.get("threads")
+        runs.setdefault(tuple(source.get(field) for field in ("commit", "date", "threads")), []).append(key)
+    notes = []
+    for (commit, date, threads), keys in runs.items():
+        tables = " and the ".join(MERGED_TABLES[key] for key in keys)
         with_threads = "" if threads in (None, results["machine"].get("threads")) else f" with {threads} torch threads"
-        if source["commit"] == results["machine"].get("commit"):
-            notes.append(f"The {MERGED_TABLES[key]} ran in a second run of this commit{with_threads}.")
+        if commit == results["machine"].get("commit"):
+            notes.append(f"The {tables} ran in a second run of this commit{with_threads}.")
         else:
-            notes.append(f"The {MERGED_TABLES[key]} are of another commit: {source['commit']}, "
-                         f"run on {source['date']}{with_threads}.")
+            notes.append(f"The {tables} are of another commit: {commit}, run on {date}{with_threads}.")
     return " ".join(notes)
 
 
