@@ -140,12 +140,25 @@ def test_scores_depend_on_which_voxels_share_a_label_not_on_the_label_ids():
     assert search.scores(relabelled, transforms) == pytest.approx(dense)
 
 
+def test_ranks_are_what_a_sort_gives_slab_by_slab_in_the_smallest_type(monkeypatch):
+    from crossmodalmas import global_search
+
+    rng = np.random.default_rng(4)
+    ids = rng.choice(np.array([-7, 0, 5, 2**31 + 9, 12]), size=(6, 5, 4))
+    monkeypatch.setattr(global_search, "_RANK_SLAB_VOXELS", 7)  # slabs that split rows, one value absent from some
+    ranks = _ranks(ids)
+    np.testing.assert_array_equal(ranks, np.unique(ids, return_inverse=True)[1].reshape(ids.shape))
+    assert ranks.dtype == np.uint8
+    assert _ranks(np.arange(300).reshape(3, 10, 10)).dtype == np.uint16
+    assert _ranks(np.full((2, 2, 2), 9)).tolist() == np.zeros((2, 2, 2), int).tolist()
+
+
 def test_present_ranks_count_what_a_sort_would_give():
     rng = np.random.default_rng(3)
     ids = rng.choice(np.array([-7, 0, 5, 2**31 + 9, 12]), size=(6, 5, 4))
     ranks = _ranks(ids)
     some = ranks[ranks != ranks.max()]  # one rank absent: the rest re-ranked without a gap
-    assert ranks.dtype == np.int32 and ranks.max() == 4
+    assert ranks.max() == 4
     np.testing.assert_array_equal(_present_ranks(some), np.unique(some, return_inverse=True)[1].reshape(-1))
 
 
