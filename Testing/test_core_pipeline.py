@@ -92,6 +92,25 @@ def test_atlases_aligned_side_by_side_get_the_transforms_they_get_one_at_a_time(
     assert messages == messages_alone
 
 
+def test_each_atlas_in_work_gets_its_share_of_the_cores_for_its_fits(case, monkeypatch):
+    """Few atlases leave cores idle: they go to each atlas's own fits (cores // atlases in work)."""
+    from crossmodalmas import pipeline
+
+    target, _, atlases = case
+    shares = []
+
+    class Recording(pipeline.AffineAligner):
+        def __init__(self, target, fit_workers=None):
+            shares.append(fit_workers)
+            super().__init__(target, fit_workers)
+
+    monkeypatch.setattr(pipeline, "AffineAligner", Recording)
+    _align_all(target, atlases, 4, monkeypatch)  # 2 atlases on 8 cores
+    _align_all(target, atlases[:1], 4, monkeypatch)
+    _align_all(target, atlases, 1, monkeypatch)
+    assert shares == [4, 8, 8]
+
+
 def test_a_bad_atlas_among_side_by_side_ones_is_named_in_list_order(case, monkeypatch):
     target, _, atlases = case
     bad = Atlas("small", atlases[0].image, LabelMap(np.zeros((2, 2, 2), np.int32), atlases[0].labels.ijk_to_ras))

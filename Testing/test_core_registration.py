@@ -247,6 +247,26 @@ def test_two_way_mattes_prefers_the_aligned_fit_and_has_no_favourite_direction()
     assert affine._two_way_mattes(blobs, small, sitk.TranslationTransform(3, (1000.0, 0.0, 0.0))) == float("inf")
 
 
+def test_an_atlas_fitted_from_its_starts_side_by_side_gets_the_transform_it_gets_one_start_at_a_time():
+    """An atlas's Mattes fits run side by side (``fit_workers``); each is independent and runs
+    one ITK thread, so the transform is the same to the last bit, for a whole atlas (whose
+    target-fixed fits are added) and for a slab."""
+    from crossmodalmas import affine
+    from crossmodalmas.volume import Volume
+
+    rng = np.random.default_rng(3)
+    body = affine.gaussian_smooth(affine.to_sitk(rng.random((30, 24, 24), dtype=np.float32), np.eye(4)), [2.0] * 3)
+    array = affine.sitk.GetArrayFromImage(body)
+    target = Volume(array, np.diag([4.0, 4.0, 4.0, 1.0]))
+    shift = np.array([[1, 0, 0, 3.0], [0, 1, 0, -2.0], [0, 0, 1, 5.0], [0, 0, 0, 1.0]])
+    whole = Volume(array[1:29].copy(), target.ijk_to_ras @ shift)
+    slab = Volume(array[8:16].copy(), target.ijk_to_ras @ shift)
+    for atlas in (whole, slab):
+        alone, side_by_side = (affine.AffineAligner(target, fit_workers=n).align(atlas) for n in (1, 3))
+        assert alone.GetParameters() == side_by_side.GetParameters()
+        assert alone.GetFixedParameters() == side_by_side.GetFixedParameters()
+
+
 def test_affine_align_takes_4_mm_slices_with_finer_pixels():
     """A thick-slice image (MSD prostate: 0.6 x 0.6 x 4 mm) needs no smoothing across slices;
     ITK refuses a zero sigma, which once crashed the affine step."""

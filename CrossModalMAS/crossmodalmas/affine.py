@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from crossmodalmas.devices import usable_cores
 from crossmodalmas.global_search import SEARCH_SPACING_MM, GlobalSearch, MovingImage, pose_transform
 from crossmodalmas.preprocess import gaussian_smooth, isotropic_grid, robust_normalise
 from crossmodalmas.search_grid import affine_of
@@ -146,12 +148,17 @@ class AffineAligner:
 
     Args:
         target: the fixed image.
+        fit_workers: how many of an atlas's Mattes fits (one per start, seven or nine) run side
+            by side (None: the process's cores). Each runs one ITK thread and is independent
+            of the others, so the transform is the same for any number; the pipeline, which
+            aligns several atlases at once, gives each its share of the cores.
     """
 
-    def __init__(self, target: Volume):
+    def __init__(self, target: Volume, fit_workers: Optional[int] = None):
         self.fixed = _downsampled(target)
         self.search = GlobalSearch(target)
         self._target = target
+        self._fit_workers = max(1, usable_cores() if fit_workers is None else fit_workers)
         self._fine_search: Optional[GlobalSearch] = None  # made for the first partial atlas
         self._fine_search_lock = threading.Lock()  # atlases may be aligned side by side
 
@@ -162,8 +169,9 @@ class AffineAligner:
         # refined from the header-based starts and from the search's poses, a smaller atlas with
         # itself fixed; its target-fixed header fits are made only where they may be chosen
         smaller = _physical_volume(moving) < _physical_volume(self.fixed)
-        header_fits = [self._fits(moving, start, seed, (smaller,)) for start in centred]
-        searched = [fit for start, _ in searched_starts for fit in self._fits(moving, start, seed, (smaller,)).values()]
+        fits = self._fits_from(moving, [*centred, *(start for start, _ in searched_starts)], seed, (smaller,))
+        header_fits = fits[:len(centred)]
+        searched = [fit for start_fits in fits[len(centred):] for fit in start_fits.values()]
 
         @functools.cache
         def header_fits_every_way() -> list[dict[bool, sitk.Transform]]:
@@ -210,6 +218,19 @@ class AffineAligner:
         axis = slab_axis(self._target, atlas, transform, fine.shares(ready, transform))
         return fine.polish(ready, fine.slide(ready, transform, axis, _SLIDE_REACH_MM))
 
+    def _fits_from(self, moving: sitk.Image, starts: Sequence[sitk.Transform], seed: int,
+                   directions: Sequence[bool]) -> list[dict[bool, sitk.Transform]]:
+        """:meth:`_fits` of each start, in their order, up to ``fit_workers`` side by side
+        (SimpleITK lets go of Python's lock while it registers)."""
+        def fits_of(start: sitk.Transform) -> dict[bool, sitk.Transform]:
+            return self._fits(moving, start, seed, directions)
+
+        workers = min(self._fit_workers, len(starts))
+        if workers <= 1:
+            return [fits_of(start) for start in starts]
+        with ThreadPoolExecutor(workers, thread_name_prefix="crossmodalmas-fit") as pool:
+            return list(pool.map(fits_of, starts))
+
     def _fits(self, moving: sitk.Image, start: sitk.Transform, seed: int,
               directions: Sequence[bool]) -> dict[bool, sitk.Transform]:
         """:meth:`_refined` from ``start`` for each ``atlas_fixed`` in ``directions``, by it;
@@ -226,7 +247,8 @@ class AffineAligner:
                             fits: Sequence[dict[bool, sitk.Transform]]) -> list[dict[bool, sitk.Transform]]:
         """Each start's ``fits`` with its target-fixed fit added (after the atlas-fixed one, so
         that ties between the two keep going to the atlas-fixed fit)."""
-        return [{**start_fits, **self._fits(moving, start, seed, (False,))} for start, start_fits in zip(starts, fits)]
+        added = self._fits_from(moving, starts, seed, (False,))
+        return [{**start_fits, **target_fixed} for start_fits, target_fixed in zip(fits, added)]
 
     def _refined(self, moving: sitk.Image, start: sitk.Transform, seed: int, atlas_fixed: bool) -> sitk.Transform:
         """Rigid then affine stages from ``start``, with the atlas as the fixed image if

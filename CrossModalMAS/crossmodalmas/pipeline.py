@@ -141,9 +141,11 @@ def _align_all(target: Volume, sources: Sequence[Union[Atlas, AtlasFiles]], seed
     :data:`MAX_ALIGN_WORKERS` side by side; and the target voxels no atlas's field of view
     covers. Each atlas's transform is what it would be alone: the atlases share only the
     target's part, made once."""
-    aligner, covered = AffineAligner(target), CoverageCounter(target.grid)
-    pool = ThreadPoolExecutor(max(1, min(MAX_ALIGN_WORKERS, usable_cores(), len(sources))),
-                              thread_name_prefix="crossmodalmas-affine")
+    cores = usable_cores()
+    workers = max(1, min(MAX_ALIGN_WORKERS, cores, len(sources)))
+    # the cores left over (few atlases) go to each atlas's own Mattes fits
+    aligner, covered = AffineAligner(target, fit_workers=cores // workers), CoverageCounter(target.grid)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="crossmodalmas-affine")
     try:
         jobs = [pool.submit(_align_one, aligner, covered, source, seed) for source in sources]
         aligned = []
