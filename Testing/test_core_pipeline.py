@@ -111,6 +111,35 @@ def test_each_atlas_in_work_gets_its_share_of_the_cores_for_its_fits(case, monke
     assert shares == [4, 8, 8]
 
 
+def test_as_many_atlases_are_aligned_at_once_as_their_share_of_the_free_memory_holds(case, tmp_path, monkeypatch):
+    """Up to one per core and MAX_ALIGN_WORKERS; fewer where the biggest atlas's bytes (by its
+    file's header for one on disk) do not fit the free memory's share; unchanged where the
+    memory or every size is unknown."""
+    from crossmodalmas import pipeline
+    from crossmodalmas.atlases import AtlasFiles
+    from crossmodalmas.volume import Volume, write_volume
+
+    _, _, atlases = case
+    voxels = atlases[0].image.array.size
+    on_disk = tmp_path / "big.nii.gz"
+    big = np.zeros((60, 50, 40), np.float32)  # the biggest
+    write_volume(Volume(big, np.eye(4)), on_disk)
+    sources = [*atlases, AtlasFiles(on_disk, tmp_path / "big_seg.nii.gz")]
+    per_file = big.size * pipeline._ALIGN_BYTES_PER_VOXEL["file"] / pipeline._ALIGN_MEMORY_SHARE
+    monkeypatch.setattr(pipeline, "available_memory", lambda: None)
+    assert pipeline._align_workers(sources, 8) == 3
+    assert pipeline._align_workers(sources, 2) == 2
+    monkeypatch.setattr(pipeline, "available_memory", lambda: int(2.5 * per_file))
+    assert pipeline._align_workers(sources, 8) == 2
+    monkeypatch.setattr(pipeline, "available_memory", lambda: int(0.5 * per_file))
+    assert pipeline._align_workers(sources, 8) == 1  # never none
+    per_atlas = voxels * pipeline._ALIGN_BYTES_PER_VOXEL["memory"] / pipeline._ALIGN_MEMORY_SHARE
+    monkeypatch.setattr(pipeline, "available_memory", lambda: int(1.5 * per_atlas))
+    assert pipeline._align_workers(atlases, 8) == 1
+    unreadable = [AtlasFiles(tmp_path / "missing.nii.gz", tmp_path / "missing_seg.nii.gz")] * 3
+    assert pipeline._align_workers(unreadable, 8) == 3  # no size known: its error comes when it is read
+
+
 def test_a_bad_atlas_among_side_by_side_ones_is_named_in_list_order(case, monkeypatch):
     target, _, atlases = case
     bad = Atlas("small", atlases[0].image, LabelMap(np.zeros((2, 2, 2), np.int32), atlases[0].labels.ijk_to_ras))

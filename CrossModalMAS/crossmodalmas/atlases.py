@@ -7,6 +7,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
 
 from crossmodalmas.errors import InputError
 from crossmodalmas.volume import LabelMap, Volume, read_labels, read_volume
@@ -86,3 +90,18 @@ def from_folder(folder: str | os.PathLike) -> list[AtlasFiles]:
 def load(files: AtlasFiles) -> Atlas:
     """Read one atlas (errors name the file)."""
     return Atlas(files.name, read_volume(files.image), read_labels(files.labels))
+
+
+def voxel_count(source: Union[Atlas, AtlasFiles]) -> Optional[int]:
+    """How many voxels an atlas's image has, from its file's header alone for one on disk (no
+    voxel is read); None where the header cannot be read (what is wrong with the file is
+    reported when it is read, by :func:`load`)."""
+    if isinstance(source, Atlas):
+        return int(source.image.array.size)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(source.image))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return int(np.prod(reader.GetSize()))
