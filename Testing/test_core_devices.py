@@ -1,6 +1,8 @@
-"""devices: the free memory the process may take, from Linux's meminfo and a cgroup's limit."""
+"""devices: the free memory the process may take, from Linux's meminfo and a cgroup's limit; the
+CPU fallback of a step on CUDA out-of-memory."""
 
 import pytest
+import torch
 
 from crossmodalmas import devices
 
@@ -42,3 +44,35 @@ def test_available_memory_is_unknown_where_the_os_does_not_say(machine):
     assert devices.available_memory() is None
     machine(limit=3_000_000_000)  # a limit without its usage: not enough to tell
     assert devices.available_memory() is None
+
+
+def _step(fails_on: set):
+    """A step that records the devices it ran on and runs out of memory on those in ``fails_on``."""
+    ran = []
+
+    def compute(device):
+        ran.append(device.type)
+        if device.type in fails_on:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return f"done on {device.type}"
+
+    return compute, ran
+
+
+def test_cpu_fallback_reruns_a_step_on_the_cpu_after_cuda_out_of_memory_and_says_so():
+    compute, ran = _step({"cuda"})
+    said = []
+    assert devices.cpu_fallback("label fusion", compute, torch.device("cuda"), said.append) == \
+        ("done on cpu", torch.device("cpu"))
+    assert ran == ["cuda", "cpu"] and said == ["label fusion: CUDA out of memory; running on the CPU"]
+
+
+def test_cpu_fallback_runs_once_where_it_fits_and_never_swallows_an_error_on_the_cpu():
+    compute, ran = _step(set())
+    assert devices.cpu_fallback("fusion", compute, torch.device("cuda"), pytest.fail) == \
+        ("done on cuda", torch.device("cuda")) and ran == ["cuda"]
+    compute, ran = _step({"cpu"})
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        devices.cpu_fallback("fusion", compute, torch.device("cpu"), pytest.fail)
+    with pytest.raises(ZeroDivisionError):
+        devices.cpu_fallback("fusion", lambda device: 1 / 0, torch.device("cuda"), pytest.fail)

@@ -1,9 +1,11 @@
-"""segment() end to end on tiny phantoms: grid contract, progress, cancel, selection, inputs untouched."""
+"""segment() end to end on tiny phantoms: grid contract, progress, cancel, selection, inputs untouched;
+and, where torch sees a GPU, CUDA out-of-memory for real (a capped process) answered as documented."""
 
 import threading
 
 import numpy as np
 import pytest
+import torch
 
 from crossmodalmas.atlases import Atlas
 from crossmodalmas.errors import CancelledError, InputError
@@ -172,3 +174,73 @@ def test_cancel_is_polled_while_an_atlas_is_aligned(case, monkeypatch):
     with pytest.raises(CancelledError):
         segment(target, atlases, SegmentOptions(**FAST), cancel=cancel)
     assert polled_while_held
+
+
+def needs_cuda(test):
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
+
+
+CUDA = dict(refine_iterations=8, max_working_voxels=64 ** 3, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def cuda_case():
+    """A target and six atlases big enough that each atlas takes tens of MB on CUDA."""
+    target, _ = _case(0, "ct", shape=(64, 72, 72), spacing=(2.0, 2.0, 2.0))
+    atlases = [Atlas(f"mr{i}", *_case(i, "mr", shape=(60, 70, 70), spacing=(2.0, 2.0, 2.0))) for i in range(1, 7)]
+    return target, atlases
+
+
+@pytest.fixture
+def cuda_cap():
+    """Caps this process's CUDA memory at the bytes given (out-of-memory beyond, as on a smaller
+    card); lifted afterwards."""
+    total = torch.cuda.get_device_properties(0).total_memory
+
+    def cap(nbytes: int) -> None:
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, nbytes / total))
+
+    yield cap
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    torch.cuda.empty_cache()
+
+
+def _on_cuda(target, atlases, **options):
+    """The result on CUDA and the run's peak CUDA memory allocated (bytes; a cap below it must
+    fail: the allocator holds at least what is allocated)."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    result = segment(target, atlases, SegmentOptions(**{**CUDA, **options}))
+    return result, torch.cuda.max_memory_allocated()
+
+
+def _fallbacks_said(result) -> list[str]:
+    """The out-of-memory fallbacks the result reports; it says it ended on the CPU iff one moved there."""
+    said = [w for w in result.warnings if "CUDA out of memory" in w]
+    moved = any(w.endswith("running on the CPU") for w in said)
+    assert result.device == ("cpu" if moved else "cuda"), (result.device, result.warnings)
+    return said
+
+
+@needs_cuda
+def test_cuda_out_of_memory_for_real_retries_fewer_atlases_and_segments_the_same(cuda_case, cuda_cap):
+    target, atlases = cuda_case
+    _, one = _on_cuda(target, atlases[:1])
+    free, every = _on_cuda(target, atlases)
+    assert every > 1.5 * one, f"peak CUDA memory {every} B with 6 atlases, {one} B with one: no room for a cap"
+    cuda_cap((one + every) // 2)
+    capped, _ = _on_cuda(target, atlases)
+    assert any("CUDA out of memory; retrying" in w for w in _fallbacks_said(capped)), capped.warnings
+    assert np.mean(capped.labels.array == free.labels.array) > 0.999
+
+
+@needs_cuda
+def test_cuda_out_of_memory_for_real_where_nothing_fits_ends_on_the_cpu_and_says_so(cuda_case, cuda_cap):
+    target, atlases = cuda_case
+    _, one = _on_cuda(target, atlases[:2])
+    on_cpu = segment(target, atlases[:2], SegmentOptions(**{**CUDA, "device": "cpu"}))
+    cuda_cap(one // 4)
+    capped, _ = _on_cuda(target, atlases[:2])
+    assert _fallbacks_said(capped) and capped.device == "cpu"
+    assert np.mean(capped.labels.array == on_cpu.labels.array) > 0.99

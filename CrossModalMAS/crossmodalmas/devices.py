@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 
 from crossmodalmas.errors import InputError
 from crossmodalmas.options import DeviceChoice
+
+T = TypeVar("T")
 
 
 def resolve_device(choice: DeviceChoice) -> torch.device:
@@ -22,6 +24,32 @@ def resolve_device(choice: DeviceChoice) -> torch.device:
         return torch.device("cpu")
     return torch.device("cuda")
 
+
+def cpu_fallback(step: str, compute: Callable[[torch.device], T], device: torch.device,
+                 warn: Callable[[str], None]) -> tuple[T, torch.device]:
+    """``compute(device)``, and on CUDA out-of-memory ``compute`` again on the CPU, said with ``warn``.
+
+    For a step that is one piece of work (the target's descriptors, the fusion): a step over
+    many atlases first halves its batches (:mod:`crossmodalmas.atlas_warping`).
+
+    Args:
+        step: what runs, for the message (e.g. ``"label fusion"``).
+        compute: does the step on the device it is given.
+        device: where to try first.
+        warn: called with the message when the step moved to the CPU.
+
+    Returns:
+        ``(what compute returned, the device it ran on)``.
+    """
+    try:
+        return compute(device), device
+    except torch.cuda.OutOfMemoryError:
+        if torch.device(device).type != "cuda":  # nothing to fall back to
+            raise
+        torch.cuda.empty_cache()
+        warn(f"{step}: CUDA out of memory; running on the CPU")
+        cpu = torch.device("cpu")
+        return compute(cpu), cpu
 
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity where the OS tells it, e.g. a

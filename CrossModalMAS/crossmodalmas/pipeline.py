@@ -19,7 +19,7 @@ import torch
 from crossmodalmas import atlases as atlas_io
 from crossmodalmas.atlases import Atlas, AtlasFiles
 from crossmodalmas.coverage import CoverageCounter, mask_unknown, unknown_warning
-from crossmodalmas.devices import available_memory, resolve_device, usable_cores
+from crossmodalmas.devices import available_memory, cpu_fallback, resolve_device, usable_cores
 from crossmodalmas.errors import CancelledError, InputError
 from crossmodalmas.features import mind_ssc
 from crossmodalmas.options import FusionMethod, SegmentOptions
@@ -310,11 +310,16 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
 
 
 def _deform(target_w, grid, num_classes, atlases: AtlasesOnGrid, options, device, model, run) -> WarpedAtlases:
-    target_t = torch.from_numpy(target_w)[None, None].to(device)
+    target_t = torch.from_numpy(target_w)[None, None]
+    features, device = cpu_fallback("target descriptors", lambda where: mind_ssc(target_t.to(where)), device,
+                                    run.warn)
+    target_t = target_t.to(device)
+    if model is not None:
+        model.net.to(device)  # the CPU after a fallback (the model's cache moves it back for a later run)
     engine = "instance-opt" if model is None else "network"
     message = "instance optimisation" if model is None else f"registration network {model.name}"
     run.step("register", f"{message}: {len(atlases.names)} atlases")
-    return deform_atlases(model, target_t, mind_ssc(target_t), atlases, grid, num_classes,
+    return deform_atlases(model, target_t, features, atlases, grid, num_classes,
                           (options.refine_for(engine), options.regularisation),
                           progress=lambda f, which: run.report(f, f"{message}, {which}"), cancel=run.cancelled,
                           warn=run.warn)
@@ -323,12 +328,19 @@ def _deform(target_w, grid, num_classes, atlases: AtlasesOnGrid, options, device
 def _fused_result(target, grid, table, target_w, warped: WarpedAtlases, scores, options, device, models,
                   run) -> Result:
     """The fusion and the result, on the device the deformable step ended on (the CPU after
-    an out-of-memory fallback: what failed on CUDA for one atlas would fail for the fusion's N)."""
+    an out-of-memory fallback: what failed on CUDA for one atlas would fail for the fusion's N),
+    and on the CPU if the fusion itself runs out of CUDA memory."""
     model, similarity = models
     run.step("fuse", f"label fusion ({options.fusion.value})")
     qc = [replace(item, selection_score=float(score)) for item, score in zip(warped.qc, scores)]
-    fused = fused_fields(options.fusion, grid, target.grid, table, target_w, warped.images, warped.classes,
-                         qc, device, similarity_model=similarity)
+
+    def fuse_on(where: torch.device) -> dict:
+        if similarity is not None:  # on the deformable step's device (the CPU after its fallback), or this one's
+            similarity.net.to(where)
+        return fused_fields(options.fusion, grid, target.grid, table, target_w, warped.images, warped.classes,
+                            qc, where, similarity_model=similarity)
+
+    fused, device = cpu_fallback("label fusion", fuse_on, device, run.warn)
     run.step("output", "assembling the result")
     result = Result(working_grid=grid, label_values=table, atlas_names=[item.name for item in warped.qc],
                     target_image=target_w, warped_images=warped.images, warped_classes=warped.classes,
