@@ -96,7 +96,7 @@ def test_the_registration_matches_a_slab_inside_its_field_of_view_only(monkeypat
     real_registration, real_support = atlas_warping.deformable_registration, atlas_warping.descriptor_support
     monkeypatch.setattr(atlas_warping, "deformable_registration", registration)
     monkeypatch.setattr(atlas_warping, "descriptor_support", support_of)
-    options = SegmentOptions(model="instance-opt", refine_iterations=1, fusion="mv")
+    options = SegmentOptions(model="instance-opt", refine_iterations=1, fusion="mv", device="cpu")  # 1 atlas a chunk
     segment(image, [Atlas("whole", whole_image, whole_labels)], options)
     assert seen["support"] == [None] and seen["inside"] == []  # covering the working grid: matched everywhere
     seen["support"].clear()
@@ -127,7 +127,7 @@ def test_qc_judges_a_slab_atlas_on_its_own_anatomy(monkeypatch):
     monkeypatch.setattr(atlas_warping, "descriptor_similarity", similarity)
     monkeypatch.setattr(qc, "descriptor_similarity", similarity)
     monkeypatch.setattr(atlas_warping, "deformable_registration", registration)
-    options = SegmentOptions(model="instance-opt", refine_iterations=1, fusion="mv")
+    options = SegmentOptions(model="instance-opt", refine_iterations=1, fusion="mv", device="cpu")  # 1 atlas a chunk
     result = segment(image, [Atlas("whole", whole_image, whole_labels), _slab_atlas()], options)
     slab = result.atlas_names.index("slab")
     assert len(calls) == 6  # registration, before, after: one atlas at a time on the CPU

@@ -124,6 +124,19 @@ def test_the_environment_gives_the_place(monkeypatch):
         from_environment()
 
 
+def test_a_rank_gets_its_own_gpu_and_auto_trains_on_the_cpu_where_the_node_has_fewer_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    second = Distributed(1, 2, 1, 2)
+    assert second.device("auto") == torch.device("cpu") and second.device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match=r"^device cuda: 2 training processes on this node but torch sees 1 CUDA "
+                                         r"device\(s\); each needs its own: start at most 1 per node"):
+        second.device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert second.device("auto") == second.device("cuda") == torch.device("cuda", 1)
+    assert Distributed().device("auto") == torch.device("cuda")  # one process: the default GPU
+
+
 def test_one_process_needs_no_process_group():
     place = Distributed()
     module = torch.nn.Linear(2, 2)

@@ -236,8 +236,9 @@ def negative_labels(workdir: Path) -> list[str]:
 
 
 def labels_above_int32(workdir: Path) -> list[str]:
-    return _relabelled(workdir, lambda labels: np.where(labels.array == 500, 3_000_000_000, labels.array),
-                       np.uint32)
+    # uint32 before the id goes in: numpy 2.5 refuses a Python int out of the int32 map's range.
+    return _relabelled(workdir, lambda labels: np.where(labels.array == 500, np.uint32(3_000_000_000),
+                                                        labels.array.astype(np.uint32)), np.uint32)
 
 
 def thousand_labels(workdir: Path) -> list[str]:

@@ -33,11 +33,17 @@ from torch import nn
 
 from crossmodalmas.devices import resolve_device
 from crossmodalmas.errors import InputError
+from crossmodalmas.options import DeviceChoice
 
 # Ranks wait for each other at every step; rank 0 validating or writing a checkpoint makes the
 # others wait that long, so the timeout must outlast the slowest validation.
 _TIMEOUT = timedelta(minutes=30)
 _VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def gpu_per_rank(local_size: int) -> bool:
+    """Whether this node has a GPU for each of its ``local_size`` training processes."""
+    return torch.cuda.is_available() and torch.cuda.device_count() >= local_size
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,22 @@ class Distributed:
         return self.rank == 0
 
     def device(self, choice: str) -> torch.device:
-        """The run's device for ``choice`` (auto/cpu/cuda): a CUDA rank gets its own GPU."""
+        """The run's device for ``choice`` (auto/cpu/cuda): a CUDA rank gets its own GPU; with
+        fewer GPUs on the node than ranks, ``auto`` trains every rank on the CPU.
+
+        Raises:
+            InputError: ``cuda`` chosen with fewer GPUs on the node than ranks.
+        """
         device = resolve_device(choice)
-        if device.type == "cuda" and self.enabled:
+        if device.type != "cuda" or not self.enabled:
+            return device
+        if gpu_per_rank(self.local_size):
             return torch.device("cuda", self.local_rank)
-        return device
+        if DeviceChoice(choice) is DeviceChoice.AUTO:
+            return torch.device("cpu")
+        raise InputError(f"device cuda: {self.local_size} training processes on this node but torch sees "
+                         f"{torch.cuda.device_count()} CUDA device(s); each needs its own: start at most "
+                         f"{torch.cuda.device_count()} per node (torchrun --nproc-per-node) or train on the CPU")
 
     def wrap(self, module: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
         """``module`` inside :class:`DistributedDataParallel` (the module itself for one process).
@@ -160,7 +177,7 @@ def process_group() -> Iterator[Distributed]:
         yield place
         return
     backend = "gloo"
-    if torch.cuda.is_available():
+    if gpu_per_rank(place.local_size):
         torch.cuda.set_device(place.local_rank)
         backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend, timeout=_TIMEOUT)
