@@ -237,6 +237,33 @@ def test_from_json_redraws_the_section_of_an_earlier_run(bench, tmp_path, capsys
     assert "redrew" in capsys.readouterr().out
 
 
+def test_gpu_from_puts_a_separate_run_s_gpu_columns_in_the_section_saying_where_they_ran(bench, tmp_path):
+    info = {"date": "2026-01-01", "command": "python x", "commit": "abc", "cpu": "CPU", "cores": 2, "torch": "2",
+            "threads": 2, "antspyx": "0.6", "simpleitk": "2.5", "python": "3.11", "ours_device": "cpu", "refine": 30,
+            "models": _speed()["models"], "peak_load": 1.0}
+    raw, gpu_file, out = tmp_path / "run.json", tmp_path / "gpu.json", tmp_path / "bench.md"
+    raw.write_text(json.dumps({"machine": info, "results": _results(), "speed": _speed(), "targets": []}))
+    run = {"date": "2026-01-02", "command": "python scripts/benchmark_speed.py --json gpu.json", "commit": "def",
+           "cpu": "Xeon", "cores": 16, "torch": "2.11.0+cu130", "python": "3.12.3"}
+    gpu_file.write_text(json.dumps({"device_name": "NVIDIA H100 80GB HBM3", "synth_s": 0.2, "run": run,
+                                    "networks": {"diffeo": {"one_s": 0.05, "batch_s": 0.4}}}))
+    assert bench.benchmark_registration.main(["--from-json", "--json", str(raw), "--out", str(out),
+                                              "--gpu-from", str(gpu_file)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "GPU: NVIDIA H100 80GB HBM3 (its columns of a separate run, see Speed)." in text
+    assert ("GPU: NVIDIA H100 80GB HBM3, measured in a separate run on 2026-01-02 with `python "
+            "scripts/benchmark_speed.py --json gpu.json`, code at `def` (Xeon, 16 cores, torch 2.11.0+cu130, "
+            "Python 3.12.3).") in text
+    assert "| 10 atlases in one batch on an H100 < 1 s | d | 0.400 s on NVIDIA H100 80GB HBM3 | met |" in text
+
+
+def test_the_gpu_columns_alone_need_a_gpu(bench, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        bench.benchmark_speed.main(["--json", str(tmp_path / "gpu.json")])
+    assert "torch sees no CUDA device" in capsys.readouterr().err and not (tmp_path / "gpu.json").exists()
+
+
 def _fake_entry(folder: Path, name="tiny") -> ModelEntry:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.pt").write_bytes(b"not really weights")

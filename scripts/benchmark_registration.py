@@ -3,7 +3,8 @@
     python scripts/benchmark_registration.py [--cases brain,phantom,synthseg,synthetic] [--methods ...]
         [--quick] [--refine N] [--diffeo-model M] [--paper-model M] [--noinv-model M] [--device auto|cpu|cuda]
         [--out BENCHMARKS.md] [--json FILE] [--update-manifest]
-    python scripts/benchmark_registration.py --from-json --json FILE [--out BENCHMARKS.md]
+    python scripts/benchmark_registration.py --from-json --json FILE [--out BENCHMARKS.md] [--update-manifest]
+    either with [--gpu-from FILE]: the GPU columns of a separate run (``benchmark_speed.py --json FILE``)
 
 Every method of :mod:`registration_methods` maps the atlas labels of every pair of
 :mod:`registration_cases` onto its target grid; this script scores them (Dice, HD95), records the
@@ -177,6 +178,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="write the bundled networks' measured figures into models.json")
     parser.add_argument("--from-json", action="store_true",
                         help="redraw --out from an earlier run's --json (targets recomputed), measuring nothing")
+    parser.add_argument("--gpu-from", type=Path, metavar="FILE",
+                        help="the GPU columns from a separate run on a machine with a GPU (benchmark_speed.py --json)")
     args = parser.parse_args(argv)
     args.cases = _subset(parser, "--cases", args.cases, CASES)
     args.methods = _subset(parser, "--methods", args.methods, METHODS)
@@ -197,10 +200,20 @@ def _info(args, argv, results: list[dict], names: dict[str, str]) -> dict:
 def redraw(args) -> int:
     """``--from-json``: the section of an earlier run, from its raw numbers, with today's report code."""
     saved = json.loads(args.json.read_text(encoding="utf-8"))
-    results, speed, info = saved["results"], saved["speed"], saved["machine"]
+    results, speed, info = saved["results"], with_gpu_from(saved["speed"], args.gpu_from), saved["machine"]
     write_markdown(args.out, results, speed, targets(results, speed), info)
     print(f"redrew {args.out} from {args.json} (run of {info['date']}, code at {info['commit']})")
+    if args.update_manifest:
+        entries = resolve_models(info["models"])
+        print(f"updated in models.json: {update_manifest(results, speed, entries, info['date'], bundled_models_dir())}")
     return 0
+
+
+def with_gpu_from(speed: dict, path: Optional[Path]) -> dict:
+    """``speed`` with the GPU columns of the separate run saved at ``path`` (None: as it is)."""
+    if path is None:
+        return speed
+    return {**speed, "gpu": json.loads(path.read_text(encoding="utf-8"))}
 
 
 def main(argv=None) -> int:
@@ -219,7 +232,7 @@ def main(argv=None) -> int:
         methods = build_methods(args.methods, ants, names, entries, args.refine, args.device, Path(workdir))
         results = [{"case": p.case, "group": p.group, "pair": p.name, "cross": p.cross, **p.extra,
                     "methods": run_pair(p, methods)} for p in pairs]
-    speed = measure_speed(entries, results, names)
+    speed = with_gpu_from(measure_speed(entries, results, names), args.gpu_from)
     checked = targets(results, speed)
     info = _info(args, argv, results, names)
     write_markdown(args.out, results, speed, checked, info)

@@ -123,10 +123,19 @@ def speed_section(speed: dict) -> list[str]:
     rows = [[speed["networks"][r]["name"], fmt(g["one_s"], 3), fmt(g["batch_s"], 3)]
             for r, g in gpu["networks"].items()]
     synth = "x".join(map(str, speed["synth_shape"]))
-    return lines + [f"GPU: {gpu['device_name']}.", "",
+    return lines + [f"GPU: {gpu['device_name']}{gpu_run_sentence(gpu)}.", "",
                     *_table(["network", "1 atlas s", f"{speed['gpu_atlases']} atlases in one batch s"], rows), "",
                     f"`synth_pair` at {synth} on the GPU: {fmt(gpu['synth_s'], 3)} s (median of 3 after a warm-up).",
                     ""]
+
+
+def gpu_run_sentence(gpu: dict) -> str:
+    """Where GPU columns measured in a separate run ran ("" when they are of this run)."""
+    run = gpu.get("run")
+    if run is None:
+        return ""
+    return (f", measured in a separate run on {run['date']} with `{run['command']}`, code at `{run['commit']}` "
+            f"({run['cpu']}, {run['cores']} cores, torch {run['torch']}, Python {run['python']})")
 
 
 def published_section() -> list[str]:
@@ -193,6 +202,12 @@ def notes(info: dict, results: list[dict]) -> list[str]:
     ]
 
 
+def _gpu_named(gpu: Optional[dict]) -> str:
+    if gpu is None:
+        return "no GPU was lent to this run"
+    return gpu["device_name"] + (" (its columns of a separate run, see Speed)" if gpu.get("run") else "")
+
+
 def write_markdown(path: Path, results: list[dict], speed: dict, checked: list[Target], info: dict) -> None:
     """Write the registration section of the report (the other benchmarks keep theirs)."""
     gpu = speed.get("gpu")
@@ -201,7 +216,7 @@ def write_markdown(path: Path, results: list[dict], speed: dict, checked: list[T
              f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']} "
              f"(torch threads: {info['threads']}), "
              f"antspyx {info['antspyx']}, SimpleITK {info['simpleitk']}, Python {info['python']}; GPU: "
-             f"{gpu['device_name'] if gpu else 'no GPU was lent to this run'}.", "",
+             f"{_gpu_named(gpu)}.", "",
              *targets_section(checked), *groups_section(results), *results_table(results),
              *ablation_section(results), *coarse_grid_section(results), *speed_section(speed),
              *published_section(), *notes(info, results), ""]

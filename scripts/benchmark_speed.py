@@ -6,12 +6,22 @@ SyN's seconds per atlas on the brain pairs (from the accuracy run); one ``synth_
 :data:`SYNTH_SHAPE` random-shapes label map on the CPU; and, only where torch sees a GPU, the
 same on CUDA plus :data:`GPU_ATLASES` atlases in one batch. Nothing is estimated: what was not
 measured is None.
+
+Where the accuracy run's machine has no GPU, the GPU columns are measured alone on one that has,
+and ``benchmark_registration.py --gpu-from FILE`` puts them in the section, saying where they ran:
+
+    python scripts/benchmark_speed.py --json gpu_speed.json [--diffeo-model M] [--paper-model M] [--noinv-model M]
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -106,3 +116,28 @@ def measure_speed(entries: dict[str, ModelEntry], results: list[dict], names: di
     speed["synth_cpu_s"] = synth_seconds("cpu")
     speed["gpu"] = _gpu_speed(entries) if torch.cuda.is_available() else None
     return speed
+
+
+def main(argv=None) -> int:
+    """The GPU columns alone, with the machine, date and code they were measured on."""
+    from benchmark_registration import DEFAULT_MODELS, machine  # it imports this module: imported late
+    from registration_methods import resolve_models
+
+    parser = argparse.ArgumentParser(description="the registration benchmark's GPU columns, on a machine with a GPU")
+    parser.add_argument("--json", type=Path, required=True, help="where to write them")
+    for role, name in DEFAULT_MODELS.items():
+        parser.add_argument(f"--{role}-model", default=name, help=f"bundled name or entry .json (default {name})")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("torch sees no CUDA device on this machine: the GPU columns need one")
+    entries = resolve_models({role: getattr(args, f"{role}_model") for role in DEFAULT_MODELS})
+    run = {**machine(), "date": datetime.date.today().isoformat(),
+           "command": " ".join(["python", "scripts/benchmark_speed.py", *(sys.argv[1:] if argv is None else argv)])}
+    gpu = {**_gpu_speed(entries), "run": run}
+    args.json.write_text(json.dumps(gpu, indent=1), encoding="utf-8")
+    print(json.dumps(gpu, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
