@@ -96,6 +96,26 @@ def test_memory_table_states_the_bound(bench):
     assert "3.00 GB, met." in "\n".join(bench.benchmark_robustness._memory_lines(rows))
 
 
+def test_capped_cuda_rows_name_their_machine_device_and_fallbacks(bench):
+    run = {"date": "2026-01-02", "gpu": "NVIDIA H100 80GB HBM3", "cpu": "Xeon", "cores": 16, "torch": "2.11.0+cu130",
+           "commit": "abc"}
+    rows = [{"cap_gb": 0.0, "exit": 0, "seconds": 60.4, "peak_rss_gb": 3.1, "device": "cuda", "fallbacks": []},
+            {"cap_gb": 1.0, "exit": 0, "seconds": 90.0, "peak_rss_gb": 3.3, "device": "cpu",
+             "fallbacks": ["registration network: CUDA out of memory with one atlas; running on the CPU"]}]
+    text = "\n".join(bench.benchmark_robustness._cuda_lines({"rows": rows, "run": run}))
+    assert "Run 2026-01-02 on NVIDIA H100 80GB HBM3 with Xeon (16 cores), torch 2.11.0+cu130, commit abc" in text
+    assert "| 0 | 0 | 60 | 3.10 | cuda | none |" in text
+    assert "| 1 | 0 | 90 | 3.30 | cpu | registration network: CUDA out of memory with one atlas; running on the CPU |" \
+        in text
+
+
+def test_capped_cuda_rows_need_a_gpu(bench, monkeypatch, capsys):
+    monkeypatch.setattr(bench.benchmark_robustness.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        bench.benchmark_robustness.main(["--cuda-caps", "0", "--pairs", "0"])
+    assert "--cuda-caps: torch sees no CUDA device" in capsys.readouterr().err
+
+
 def test_memory_plot_is_written(bench, tmp_path):
     rows = [{"atlases": n, "exit": 0, "seconds": 10.0 * n, "peak_rss_gb": 1.0 + 0.5 * n} for n in (1, 5, 10)]
     sizes = [_size_row(scale) for scale in (0.5, 1.0)]

@@ -13,11 +13,13 @@
    512 x 512 x 600 CT-like target at 0.7 x 0.7 x 0.6 mm with 1, 5, 10 and 20 atlases; peak RSS
    from the kernel (``wait4``), against the 8 GB bound. And against the target's size: that
    target resampled to 1/2, 3/4, 1 and 5/4 of its voxels per axis, with one atlas.
+   On a machine with a GPU, ``--cuda-caps``: 10 atlases on that target on CUDA, the process's
+   CUDA memory capped as on smaller cards: where the run ended and the fallbacks its report names.
 3. The hostile-input catalogue (:mod:`hostile_cases`): cases tried and answered as documented.
 
     python scripts/benchmark_robustness.py [--pairs 24] [--brain-pairs 12] [--jobs 1] [--no-ants]
                                            [--atlas-counts 1 5 10 20] [--target-scales 0.5 0.75 1 1.25]
-                                           [--no-memory] [--no-hostile] [--quick]
+                                           [--no-memory] [--no-hostile] [--quick] [--cuda-caps GB ...]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
 from benchmark_registration import machine
 from brain_partial_cases import BRAIN_PAIRS, brain_data_missing, brain_partial_pair
@@ -58,6 +61,12 @@ MEMORY_BOUND_GB = 8.0
 MEMORY_FIGURE = ROOT / "docs" / "robustness_memory.png"
 TARGET_SCALES = (0.5, 0.75, 1.0, 1.25)  # voxels per axis against the big target's, over its field of view
 SIZE_SWEEP_ATLASES = 1
+CUDA_CAP_ATLASES = 10
+# The child caps its own CUDA memory before the command runs, as a smaller card would (0: uncapped).
+_CAPPED_CHILD = ("import sys, torch; cap = float(sys.argv[1]) * 1e9\n"
+                 "if cap:\n    torch.cuda.set_per_process_memory_fraction("
+                 "min(1.0, cap / torch.cuda.get_device_properties(0).total_memory))\n"
+                 "from crossmodalmas.cli import main; sys.exit(main(sys.argv[2:]))")
 
 
 def _ours(pair, global_search: bool) -> tuple[np.ndarray, float]:
@@ -169,12 +178,18 @@ def _write_big_case(folder: Path, atlases: int, scales: list[float]) -> tuple[di
 
 
 def _peak_rss_run(argv: list[str]) -> tuple[int, float, float]:
-    """Exit code, seconds and peak RSS (GB) of a child process, from the kernel's accounting."""
+    """Exit code, seconds and peak RSS (GB) of a child process, from the kernel's accounting; the
+    end of its stderr printed when it failed. Its stderr goes to a file: a pipe nobody reads while
+    waiting would stall a child that writes more than the pipe holds (its progress bar, warnings)."""
     started = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024 ** 2  # kB -> GB
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            stderr.seek(0)
+            print(stderr.read().decode(errors="replace")[-2000:], file=sys.stderr)
+    return code, time.perf_counter() - started, usage.ru_maxrss / 1024 ** 2  # kB -> GB
 
 
 def _segment_row(target: Path, atlas_args: list[str], atlases: int, output: Path) -> dict:
@@ -203,6 +218,28 @@ def memory(counts: list[int], scales: list[float]) -> tuple[list[dict], list[dic
                             "megavoxels": round(float(np.prod(grid.shape)) / 1e6, 1), **row})
             print(json.dumps(by_size[-1]), flush=True)
     return by_count, by_size
+
+
+def cuda_memory(caps_gb: list[float]) -> dict:
+    """``crossmodalmas segment --device cuda`` of :data:`CUDA_CAP_ATLASES` atlases on the big target,
+    the process's CUDA memory capped at each of ``caps_gb`` (0: the card's own): exit, seconds, peak
+    RSS, the device the run ended on and the out-of-memory fallbacks its report names."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="robustness_cuda_") as folder:
+        folder = Path(folder)
+        targets, atlas_args = _write_big_case(folder, CUDA_CAP_ATLASES, [1.0])
+        for cap in caps_gb:
+            report, output = folder / f"report_{cap:g}.json", folder / f"cuda_{cap:g}.nii.gz"
+            code, seconds, peak = _peak_rss_run([sys.executable, "-c", _CAPPED_CHILD, str(cap), "segment", "--target",
+                                                 str(targets[1.0]), *atlas_args, "--device", "cuda", "--output",
+                                                 str(output), "--report", str(report)])
+            said = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+            rows.append({"cap_gb": cap, "exit": code, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2),
+                         "device": said.get("device"),
+                         "fallbacks": [w for w in said.get("warnings", []) if "CUDA out of memory" in w]})
+            print(json.dumps(rows[-1]), flush=True)
+    run = {**machine(), "date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0)}
+    return {"rows": rows, "run": run}
 
 
 def hostile() -> dict:
@@ -350,6 +387,24 @@ def _size_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _cuda_lines(block: dict) -> list[str]:
+    """The capped-CUDA rows, with the machine they ran on (a GPU machine: not the section's)."""
+    run = block["run"]
+    lines = ["### CUDA memory: the big target on a GPU, its memory capped",
+             f"{CUDA_CAP_ATLASES} atlases on {_big_target_words()}, `crossmodalmas segment --device cuda --report` "
+             "with the process's CUDA memory capped (`torch.cuda.set_per_process_memory_fraction`) as on a smaller "
+             "card; cap 0: the card's own. The fallbacks are the warnings of the run's report. Run "
+             f"{run['date']} on {run['gpu']} with {run['cpu']} ({run['cores']} cores), torch {run['torch']}, commit "
+             f"{run['commit']}: another machine than the rest of this section "
+             "(`python scripts/benchmark_robustness.py --pairs 0 --brain-pairs 0 --no-ants --no-memory --no-hostile "
+             "--cuda-caps ...` there, merged with `--from-json --cuda-from FILE`).", "",
+             "| CUDA cap (GB) | exit | seconds | peak RSS (GB) | ended on | out-of-memory fallbacks |",
+             "|---|---|---:|---:|---|---|"]
+    lines += [f"| {r['cap_gb']:g} | {r['exit']} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['device']} | "
+              f"{'; '.join(r['fallbacks']) or 'none'} |" for r in block["rows"]]
+    return lines
+
+
 def _write_section(results: dict) -> None:
     info, note = results["machine"], _sources_note(results)
     lines = [f"Run {results['date']} on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, "
@@ -369,6 +424,8 @@ def _write_section(results: dict) -> None:
         _memory_plot(by_count, by_size, MEMORY_FIGURE)
         figure = MEMORY_FIGURE.relative_to(ROOT).as_posix()
         lines += [f"![peak RSS and time against atlases and target size]({figure})", ""]
+    if results.get("cuda_memory"):
+        lines += _cuda_lines(results["cuda_memory"]) + [""]
     if results.get("hostile"):
         h = results["hostile"]
         failed = [c["case"] for c in h["cases"] if c["tried"] and not c["passed"]]
@@ -459,6 +516,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tables-from", type=Path,
                         help="with --from-json: take the memory rows and brain pairs from another run's JSON of the "
                              "same commit (the halves run side by side, e.g. one --no-memory, one --pairs 0 --no-hostile)")
+    parser.add_argument("--cuda-caps", type=float, nargs="*", default=[], metavar="GB",
+                        help=f"runs of {CUDA_CAP_ATLASES} atlases on the big target on CUDA, its memory capped at "
+                             "these GB (0: uncapped); needs a GPU")
+    parser.add_argument("--cuda-from", type=Path, metavar="FILE",
+                        help="with --from-json: take the capped-CUDA rows from a run on a GPU machine (its --out)")
     parser.add_argument("--tables-of-another-commit", action="store_true",
                         help="with --tables-from: accept a run of another commit on this machine (the section says so)")
     args = parser.parse_args(argv)
@@ -471,9 +533,13 @@ def main(argv=None) -> int:
         if args.tables_from:
             results = _with_tables_of(results, json.loads(args.tables_from.read_text(encoding="utf-8")),
                                       args.tables_of_another_commit)
+        if args.cuda_from:  # rows of another machine: they keep its description
+            results["cuda_memory"] = json.loads(args.cuda_from.read_text(encoding="utf-8"))["cuda_memory"]
         args.out.write_text(json.dumps(results, indent=1))
         _write_section(results)
         return 0
+    if args.cuda_caps and not torch.cuda.is_available():
+        parser.error("--cuda-caps: torch sees no CUDA device on this machine")
     results = {"date": datetime.date.today().isoformat(), "machine": machine()}
     if not args.no_ants:
         import_ants()  # a missing antspyx fails here, before any pair
@@ -485,6 +551,7 @@ def main(argv=None) -> int:
         if brain_rows else None
     results["memory"], results["memory_by_size"] = ([], []) if args.no_memory else \
         memory(args.atlas_counts, args.target_scales)
+    results["cuda_memory"] = cuda_memory(args.cuda_caps) if args.cuda_caps else None
     results["hostile"] = None if args.no_hostile else hostile()
     args.out.write_text(json.dumps(results, indent=1))
     if not args.quick:
