@@ -216,9 +216,10 @@ def _on_cuda(target, atlases, **options):
 
 
 def _fallbacks_said(result) -> list[str]:
-    """The out-of-memory fallbacks the result reports; it says it ended on the CPU iff one moved there."""
+    """The out-of-memory fallbacks the result reports. It says it ended on the CPU iff a step other
+    than the network pass moved there (the pass's fields go back to the run's device)."""
     said = [w for w in result.warnings if "CUDA out of memory" in w]
-    moved = any(w.endswith("running on the CPU") for w in said)
+    moved = any(w.endswith("running on the CPU") and not w.startswith("registration network") for w in said)
     assert result.device == ("cpu" if moved else "cuda"), (result.device, result.warnings)
     return said
 
