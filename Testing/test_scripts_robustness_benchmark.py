@@ -1,12 +1,14 @@
 """scripts/benchmark_robustness.py and scripts/robustness_cases.py: the partial field-of-view
 pairs, the found-share verdict and the tables (the full benchmark runs outside the tests)."""
 
+import sys
+
 import numpy as np
 import pytest
 
 from conftest import import_scripts
 
-MODULES = ("robustness_cases", "brain_partial_cases", "benchmark_robustness", "partial_pair_profile")
+MODULES = ("robustness_cases", "brain_partial_cases", "memory_runs", "benchmark_robustness", "partial_pair_profile")
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,14 @@ def test_capped_cuda_rows_need_a_gpu(bench, monkeypatch, capsys):
     assert "--cuda-caps: torch sees no CUDA device" in capsys.readouterr().err
 
 
+def test_a_child_s_run_is_timed_and_its_stderr_never_stalls_it(bench, capsys):
+    loud = "import sys; sys.stderr.write('x' * 200000); sys.exit({})"  # more than a pipe holds
+    code, seconds, peak = bench.memory_runs._peak_rss_run([sys.executable, "-c", loud.format(0)])
+    assert code == 0 and seconds > 0 and peak > 0 and capsys.readouterr().err == ""
+    code, _, _ = bench.memory_runs._peak_rss_run([sys.executable, "-c", loud.format(3)])
+    assert code == 3 and capsys.readouterr().err.strip().endswith("x" * 100)  # a failure shows its stderr's end
+
+
 def test_memory_plot_is_written(bench, tmp_path):
     rows = [{"atlases": n, "exit": 0, "seconds": 10.0 * n, "peak_rss_gb": 1.0 + 0.5 * n} for n in (1, 5, 10)]
     sizes = [_size_row(scale) for scale in (0.5, 1.0)]
@@ -131,7 +141,7 @@ def _size_row(scale: float) -> dict:
 
 
 def test_target_grids_keep_the_field_of_view_and_scale_the_voxels(bench):
-    robustness = bench.benchmark_robustness
+    robustness = bench.memory_runs
     full = robustness.target_grid(1.0)
     assert full.shape == robustness.BIG_SHAPE
     np.testing.assert_allclose(full.spacing, robustness.BIG_SPACING)

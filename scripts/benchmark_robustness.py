@@ -9,7 +9,7 @@
    there but not between two subjects is lost to the subjects' differences, not to the search.
    The same on real anatomy (:mod:`brain_partial_cases`: slabs of two OASIS brains), where the
    shared data is present; not what the target is judged on.
-2. Memory and time against atlas count: ``crossmodalmas segment`` in a child process on a
+2. Memory and time against atlas count (:mod:`memory_runs`): ``crossmodalmas segment`` in a child process on a
    512 x 512 x 600 CT-like target at 0.7 x 0.7 x 0.6 mm with 1, 5, 10 and 20 atlases; peak RSS
    from the kernel (``wait4``), against the 8 GB bound. And against the target's size: that
    target resampled to 1/2, 3/4, 1 and 5/4 of its voxels per axis, with one atlas.
@@ -29,7 +29,6 @@ import datetime
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,30 +42,18 @@ import torch
 from benchmark_registration import machine
 from brain_partial_cases import BRAIN_PAIRS, brain_data_missing, brain_partial_pair
 from markdown_sections import replace_section
-from registration_cases import ROOT, render_contrast
+from memory_runs import (ATLAS_SPACING_MM, BIG_SHAPE, BIG_SPACING, CUDA_CAP_ATLASES, SIZE_SWEEP_ATLASES,
+                         TARGET_SCALES, cuda_memory, memory)
+from registration_cases import ROOT
 from registration_methods import ANTS_SEED, _to_ants, import_ants
 from robustness_cases import mean_dice, partial_pair
 from crossmodalmas import affine
-from crossmodalmas.abdomen_phantom import abdomen_label_map, random_abdomen_anatomy
 from crossmodalmas.options import SegmentOptions
-from crossmodalmas.phantoms import make_grid
 from crossmodalmas.pipeline import segment
-from crossmodalmas.preprocess import resample
-from crossmodalmas.volume import LabelMap, Volume, write_labels, write_volume
 
 FOUND_DICE = 0.5
-BIG_SHAPE, BIG_SPACING = (600, 512, 512), (0.7, 0.7, 0.6)  # (K, J, I) and (i, j, k) mm
-ATLAS_SPACING_MM = 1.5
 MEMORY_BOUND_GB = 8.0
 MEMORY_FIGURE = ROOT / "docs" / "robustness_memory.png"
-TARGET_SCALES = (0.5, 0.75, 1.0, 1.25)  # voxels per axis against the big target's, over its field of view
-SIZE_SWEEP_ATLASES = 1
-CUDA_CAP_ATLASES = 10
-# The child caps its own CUDA memory before the command runs, as a smaller card would (0: uncapped).
-_CAPPED_CHILD = ("import sys, torch; cap = float(sys.argv[1]) * 1e9\n"
-                 "if cap:\n    torch.cuda.set_per_process_memory_fraction("
-                 "min(1.0, cap / torch.cuda.get_device_properties(0).total_memory))\n"
-                 "from crossmodalmas.cli import main; sys.exit(main(sys.argv[2:]))")
 
 
 def _ours(pair, global_search: bool) -> tuple[np.ndarray, float]:
@@ -140,106 +127,6 @@ def brain_partial_fov(pairs: int, with_ants: bool, jobs: int = 1) -> list[dict]:
         print(f"skipping the brain partial pairs: {missing}")
         return []
     return partial_fov(pairs, with_ants, jobs, "brain")
-
-
-def target_grid(scale: float):
-    """The big target's grid with ``scale`` times its voxels per axis over the same field of view."""
-    shape = tuple(round(n * scale) for n in BIG_SHAPE)
-    spacing = tuple(round(mm * n / m, 4) for mm, n, m in zip(BIG_SPACING, BIG_SHAPE[::-1], shape[::-1]))
-    return make_grid(shape, spacing, axes="LPS")
-
-
-def _write_big_case(folder: Path, atlases: int, scales: list[float]) -> tuple[dict[float, Path], list[str]]:
-    """One target per scale of :func:`target_grid` (each a .nii, uncompressed: I/O is not what is
-    measured; one anatomy, rendered once) and ``atlases`` atlases, four distinct subjects repeated;
-    returns the targets' paths and the segment command's atlas arguments."""
-    rng = np.random.default_rng(0)
-    coarse = make_grid((180, 180, 180), (2.0, 2.0, 2.0), axes="LPS")  # the big grid's 360 mm field of view
-    labels = abdomen_label_map(random_abdomen_anatomy(rng), coarse)
-    rendered = render_contrast(labels.array, rng)
-    targets = {}
-    for scale in scales:
-        grid = target_grid(scale)
-        targets[scale] = folder / f"target_{scale:g}.nii"
-        write_volume(Volume(resample(rendered, coarse.ijk_to_ras, grid), grid.ijk_to_ras), targets[scale])
-    args = []
-    grid = make_grid((134, 174, 234), (ATLAS_SPACING_MM,) * 3, axes="LPS")
-    for index in range(atlases):
-        stem = folder / f"atlas{index}"
-        if index < 4:
-            atlas_labels = abdomen_label_map(random_abdomen_anatomy(rng), grid)
-            write_volume(Volume(render_contrast(atlas_labels.array, rng), grid.ijk_to_ras), Path(f"{stem}.nii.gz"))
-            write_labels(LabelMap(atlas_labels.array, grid.ijk_to_ras), Path(f"{stem}_seg.nii.gz"))
-        else:  # a link to one of the four: a distinct file name, the same content
-            for suffix in (".nii.gz", "_seg.nii.gz"):
-                os.symlink(folder / f"atlas{index % 4}{suffix}", f"{stem}{suffix}")
-        args += ["--atlas", f"{stem}.nii.gz", f"{stem}_seg.nii.gz"]
-    return targets, args
-
-
-def _peak_rss_run(argv: list[str]) -> tuple[int, float, float]:
-    """Exit code, seconds and peak RSS (GB) of a child process, from the kernel's accounting; the
-    end of its stderr printed when it failed. Its stderr goes to a file: a pipe nobody reads while
-    waiting would stall a child that writes more than the pipe holds (its progress bar, warnings)."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile() as stderr:
-        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
-        _, status, usage = os.wait4(child.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            stderr.seek(0)
-            print(stderr.read().decode(errors="replace")[-2000:], file=sys.stderr)
-    return code, time.perf_counter() - started, usage.ru_maxrss / 1024 ** 2  # kB -> GB
-
-
-def _segment_row(target: Path, atlas_args: list[str], atlases: int, output: Path) -> dict:
-    argv = [sys.executable, "-m", "crossmodalmas", "segment", "--target", str(target),
-            *atlas_args[: 3 * atlases], "--output", str(output)]
-    code, seconds, peak = _peak_rss_run(argv)
-    return {"atlases": atlases, "exit": code, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2)}
-
-
-def memory(counts: list[int], scales: list[float]) -> tuple[list[dict], list[dict]]:
-    """Peak RSS and seconds of ``crossmodalmas segment`` against the atlas count (on the big target)
-    and against the target's size (scales of :func:`target_grid`, with :data:`SIZE_SWEEP_ATLASES`)."""
-    by_count, by_size = [], []
-    with tempfile.TemporaryDirectory(prefix="robustness_") as folder:
-        folder = Path(folder)
-        targets, atlas_args = _write_big_case(folder, max([*counts, SIZE_SWEEP_ATLASES]),
-                                              sorted({*scales, *([1.0] if counts else [])}))
-        for count in counts:
-            by_count.append(_segment_row(targets[1.0], atlas_args, count, folder / f"out{count}.nii.gz"))
-            print(json.dumps(by_count[-1]), flush=True)
-        for scale in scales:
-            grid = target_grid(scale)
-            row = _segment_row(targets[scale], atlas_args, SIZE_SWEEP_ATLASES, folder / f"out_{scale:g}.nii.gz")
-            by_size.append({"scale": scale, "shape": list(grid.shape[::-1]),
-                            "spacing_mm": [round(float(mm), 3) for mm in grid.spacing],
-                            "megavoxels": round(float(np.prod(grid.shape)) / 1e6, 1), **row})
-            print(json.dumps(by_size[-1]), flush=True)
-    return by_count, by_size
-
-
-def cuda_memory(caps_gb: list[float]) -> dict:
-    """``crossmodalmas segment --device cuda`` of :data:`CUDA_CAP_ATLASES` atlases on the big target,
-    the process's CUDA memory capped at each of ``caps_gb`` (0: the card's own): exit, seconds, peak
-    RSS, the device the run ended on and the out-of-memory fallbacks its report names."""
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="robustness_cuda_") as folder:
-        folder = Path(folder)
-        targets, atlas_args = _write_big_case(folder, CUDA_CAP_ATLASES, [1.0])
-        for cap in caps_gb:
-            report, output = folder / f"report_{cap:g}.json", folder / f"cuda_{cap:g}.nii.gz"
-            code, seconds, peak = _peak_rss_run([sys.executable, "-c", _CAPPED_CHILD, str(cap), "segment", "--target",
-                                                 str(targets[1.0]), *atlas_args, "--device", "cuda", "--output",
-                                                 str(output), "--report", str(report)])
-            said = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
-            rows.append({"cap_gb": cap, "exit": code, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2),
-                         "device": said.get("device"),
-                         "fallbacks": [w for w in said.get("warnings", []) if "CUDA out of memory" in w]})
-            print(json.dumps(rows[-1]), flush=True)
-    run = {**machine(), "date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0)}
-    return {"rows": rows, "run": run}
 
 
 def hostile() -> dict:
