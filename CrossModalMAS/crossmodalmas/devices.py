@@ -51,6 +51,7 @@ def cpu_fallback(step: str, compute: Callable[[torch.device], T], device: torch.
         cpu = torch.device("cpu")
         return compute(cpu), cpu
 
+
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity where the OS tells it, e.g. a
     container's or a batch job's share; else every core)."""
