@@ -163,14 +163,24 @@ def _subset(parser: argparse.ArgumentParser, flag: str, text: str, known) -> lis
     return chosen
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--diffeo-model``, ``--paper-model``, ``--noinv-model``: the networks of each role."""
+    for role, name in DEFAULT_MODELS.items():
+        parser.add_argument(f"--{role}-model", default=name, help=f"bundled name or entry .json (default {name})")
+
+
+def chosen_models(args: argparse.Namespace) -> dict[str, str]:
+    """``{role: name}`` of the networks :func:`add_model_arguments`' flags chose."""
+    return {role: getattr(args, f"{role}_model") for role in DEFAULT_MODELS}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--quick", action="store_true", help="one pair per set, one map per synthetic source")
     parser.add_argument("--refine", type=int, default=DEFAULT_REFINE, help="iterations of net-diffeo+refine")
-    for role, name in DEFAULT_MODELS.items():
-        parser.add_argument(f"--{role}-model", default=name, help=f"bundled name or entry .json (default {name})")
+    add_model_arguments(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of ours")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown report")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmark_out" / "registration.json", help="raw numbers")
@@ -222,7 +232,7 @@ def main(argv=None) -> int:
         return redraw(args)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up when piped to a log
     ants = import_ants() if "syn" in args.methods else None
-    names = {role: getattr(args, f"{role}_model") for role in DEFAULT_MODELS}
+    names = chosen_models(args)
     entries = resolve_models(names)
     pairs = load_pairs(args.cases, args.quick)
     if not pairs:

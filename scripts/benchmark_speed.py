@@ -120,17 +120,17 @@ def measure_speed(entries: dict[str, ModelEntry], results: list[dict], names: di
 
 def main(argv=None) -> int:
     """The GPU columns alone, with the machine, date and code they were measured on."""
-    from benchmark_registration import DEFAULT_MODELS, machine  # it imports this module: imported late
+    # benchmark_registration imports this module: imported here, not at the top
+    from benchmark_registration import add_model_arguments, chosen_models, machine
     from registration_methods import resolve_models
 
     parser = argparse.ArgumentParser(description="the registration benchmark's GPU columns, on a machine with a GPU")
     parser.add_argument("--json", type=Path, required=True, help="where to write them")
-    for role, name in DEFAULT_MODELS.items():
-        parser.add_argument(f"--{role}-model", default=name, help=f"bundled name or entry .json (default {name})")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("torch sees no CUDA device on this machine: the GPU columns need one")
-    entries = resolve_models({role: getattr(args, f"{role}_model") for role in DEFAULT_MODELS})
+    entries = resolve_models(chosen_models(args))
     run = {**machine(), "date": datetime.date.today().isoformat(),
            "command": " ".join(["python", "scripts/benchmark_speed.py", *(sys.argv[1:] if argv is None else argv)])}
     gpu = {**_gpu_speed(entries), "run": run}

@@ -87,9 +87,11 @@ def _peak_rss_run(argv: list[str]) -> tuple[int, float, float]:
     return code, time.perf_counter() - started, usage.ru_maxrss / 1024 ** 2  # kB -> GB
 
 
-def _segment_row(target: Path, atlas_args: list[str], atlases: int, output: Path) -> dict:
-    argv = [sys.executable, "-m", "crossmodalmas", "segment", "--target", str(target),
-            *atlas_args[: 3 * atlases], "--output", str(output)]
+def _segment_row(target: Path, atlas_args: list[str], atlases: int, output: Path,
+                 launcher: tuple[str, ...] = ("-m", "crossmodalmas"), options: tuple[str, ...] = ()) -> dict:
+    """One ``segment`` run of the first ``atlases`` atlases in a child (``python <launcher> segment``)."""
+    argv = [sys.executable, *launcher, "segment", "--target", str(target), *atlas_args[: 3 * atlases],
+            *options, "--output", str(output)]
     code, seconds, peak = _peak_rss_run(argv)
     return {"atlases": atlases, "exit": code, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2)}
 
@@ -124,13 +126,12 @@ def cuda_memory(caps_gb: list[float]) -> dict:
         folder = Path(folder)
         targets, atlas_args = _write_big_case(folder, CUDA_CAP_ATLASES, [1.0])
         for cap in caps_gb:
-            report, output = folder / f"report_{cap:g}.json", folder / f"cuda_{cap:g}.nii.gz"
-            code, seconds, peak = _peak_rss_run([sys.executable, "-c", _CAPPED_CHILD, str(cap), "segment", "--target",
-                                                 str(targets[1.0]), *atlas_args, "--device", "cuda", "--output",
-                                                 str(output), "--report", str(report)])
+            report = folder / f"report_{cap:g}.json"
+            row = _segment_row(targets[1.0], atlas_args, CUDA_CAP_ATLASES, folder / f"cuda_{cap:g}.nii.gz",
+                               launcher=("-c", _CAPPED_CHILD, str(cap)),
+                               options=("--device", "cuda", "--report", str(report)))
             said = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
-            rows.append({"cap_gb": cap, "exit": code, "seconds": round(seconds, 1), "peak_rss_gb": round(peak, 2),
-                         "device": said.get("device"),
+            rows.append({"cap_gb": cap, **row, "device": said.get("device"),
                          "fallbacks": [w for w in said.get("warnings", []) if "CUDA out of memory" in w]})
             print(json.dumps(rows[-1]), flush=True)
     run = {**machine(), "date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(0)}

@@ -310,10 +310,11 @@ def segment(target: Volume, atlases: Sequence[Union[Atlas, AtlasFiles]], options
 
 
 def _deform(target_w, grid, num_classes, atlases: AtlasesOnGrid, options, device, model, run) -> WarpedAtlases:
-    target_t = torch.from_numpy(target_w)[None, None]
-    features, device = cpu_fallback("target descriptors", lambda where: mind_ssc(target_t.to(where)), device,
-                                    run.warn)
-    target_t = target_t.to(device)
+    def described(where: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        target_t = torch.from_numpy(target_w)[None, None].to(where)
+        return target_t, mind_ssc(target_t)
+
+    (target_t, features), device = cpu_fallback("target descriptors", described, device, run.warn)
     if model is not None:
         model.net.to(device)  # the CPU after a fallback (the model's cache moves it back for a later run)
     engine = "instance-opt" if model is None else "network"
