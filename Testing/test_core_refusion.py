@@ -207,3 +207,26 @@ def test_cached_logits_serve_their_own_network_and_another_is_computed_afresh(re
     assert np.array_equal(same.similarity, cached.similarity) and same.similarity_model == "hand-made"
     with pytest.raises(InputError, match=r"^--similarity-model another-net: no such similarity model"):
         refuse(cached, method="plf", similarity_model="another-net")  # not the cache's network: computed
+
+def test_cuda_out_of_memory_fuses_again_on_the_cpu_and_says_so(result, monkeypatch):
+    """``device="cuda"`` that runs out of memory: the fusion runs again on the CPU, gives what a
+    CPU re-fusion gives, and the new result's warnings (not the first result's) say so."""
+    from crossmodalmas import refusion
+
+    on_cpu, before = refuse(result, keep=["mr9", "mr4"]), list(result.warnings)
+    real, tried = refusion.fused_fields, []
+
+    def fused_fields(*args):
+        tried.append(torch.device(args[8]).type)
+        if tried[-1] == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args)
+
+    monkeypatch.setattr(refusion, "fused_fields", fused_fields)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    with pytest.warns(UserWarning, match="re-fusion: CUDA out of memory; running on the CPU"):
+        again = refuse(result, keep=["mr9", "mr4"], device="cuda")
+    assert tried == ["cuda", "cpu"]
+    _same_fusion(again, on_cpu)
+    assert again.warnings == before + ["re-fusion: CUDA out of memory; running on the CPU"]
+    assert result.warnings == before

@@ -10,6 +10,7 @@ every atlas and the same method gives exactly the first result.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Optional, Sequence, Union
 
@@ -21,6 +22,7 @@ from crossmodalmas.features import mind_ssc, mind_ssc_each
 from crossmodalmas.fusion import disagreement, fuse
 from crossmodalmas.options import FusionMethod
 from crossmodalmas.coverage import mask_unknown
+from crossmodalmas.devices import cpu_fallback
 from crossmodalmas.preprocess import resample_probabilities, same_grid
 from crossmodalmas.qc import with_fusion_figures
 from crossmodalmas.result import AtlasQC, Result
@@ -134,7 +136,8 @@ def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
         method: the fusion method (None: the result's own).
         similarity_model: the similarity network, when PLF logits must be computed (the
             result's first fusion was another method); None: the result's, else the default.
-        device: where to compute.
+        device: where to compute; on CUDA out-of-memory the fusion runs again on the CPU, and
+            the new result's warnings say so.
 
     Returns:
         A new :class:`Result` over the kept atlases; ``result`` is not modified.
@@ -159,8 +162,16 @@ def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
         "warped_classes": result.warped_classes[indices],
         "timings": {}, "warnings": list(result.warnings),
     }
-    fields = fused_fields(method, result.working_grid, result.labels.grid, result.label_values,
-                          result.target_image, kept["warped_images"], kept["warped_classes"],
-                          [result.qc[i] for i in indices], device, similarity, model_name)
+
+    def fuse_on(where: torch.device) -> dict:
+        return fused_fields(method, result.working_grid, result.labels.grid, result.label_values,
+                            result.target_image, kept["warped_images"], kept["warped_classes"],
+                            [result.qc[i] for i in indices], where, similarity, model_name)
+
+    def warn(message: str) -> None:
+        kept["warnings"].append(message)
+        warnings.warn(message, stacklevel=3)
+
+    fields, _ = cpu_fallback("re-fusion", fuse_on, torch.device(device), warn)
     fields["labels"] = mask_unknown(fields["labels"], result.unknown)  # no atlas looked there: still unknown
     return replace(result, **kept, **fields)
