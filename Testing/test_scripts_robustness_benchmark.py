@@ -282,6 +282,20 @@ def test_profile_of_a_same_anatomy_control_peaks_at_the_pose(bench, capsys):
     assert "pair0 (same anatomy): score peaks at +0 mm, organ Dice at +0 mm" in out
 
 
+def test_deformed_profile_segments_from_each_placement_and_restores_the_affine_step(bench):
+    from crossmodalmas.affine import AffineAligner
+    from crossmodalmas.options import SegmentOptions
+
+    real = AffineAligner.align
+    quick = SegmentOptions(model="instance-opt", refine_iterations=2, fusion="mv")
+    rows = bench.partial_pair_profile.profile(0, reach_mm=30.0, step_mm=30.0, same_anatomy=True, deform=quick)
+    assert AffineAligner.align is real
+    assert [len(row) for row in rows] == [5, 5, 5]
+    after = [row[3] for row in rows]
+    assert after[1] > 0.8 and after[1] > max(after[0], after[2])  # from the pose itself, the control is found
+    assert all(0.0 < row[4] <= 1.0 for row in rows)
+
+
 def test_the_section_says_when_the_pairs_ran_side_by_side(bench):
     assert bench.benchmark_robustness._jobs_note(1) == ""
     assert "ran 2 processes side by side (`--jobs 2`)" in bench.benchmark_robustness._jobs_note(2)
