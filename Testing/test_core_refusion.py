@@ -225,8 +225,18 @@ def test_cuda_out_of_memory_fuses_again_on_the_cpu_and_says_so(result, monkeypat
     monkeypatch.setattr(refusion, "fused_fields", fused_fields)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     with pytest.warns(UserWarning, match="re-fusion: CUDA out of memory; running on the CPU"):
-        again = refuse(result, keep=["mr9", "mr4"], device="cuda")
+        again = refuse(result, keep=["mr9", "mr4"], device=torch.device("cuda"))
     assert tried == ["cuda", "cpu"]
     _same_fusion(again, on_cpu)
     assert again.warnings == before + ["re-fusion: CUDA out of memory; running on the CPU"]
     assert result.warnings == before
+
+
+def test_the_device_is_resolved_as_a_run_resolves_it_and_a_bad_one_named(result, monkeypatch):
+    _same_fusion(refuse(result, device="auto" if not torch.cuda.is_available() else "cpu"), result)
+    with pytest.raises(InputError, match=r"refuse\(\): 'device' must be one of auto, cpu, cuda or a torch device, "
+                                         r"got 'gpu'"):
+        refuse(result, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="torch sees no CUDA device on this machine"):
+        refuse(result, device="cuda")

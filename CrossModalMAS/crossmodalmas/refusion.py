@@ -20,9 +20,9 @@ import torch
 from crossmodalmas.errors import InputError
 from crossmodalmas.features import mind_ssc, mind_ssc_each
 from crossmodalmas.fusion import disagreement, fuse
-from crossmodalmas.options import FusionMethod
+from crossmodalmas.options import DeviceChoice, FusionMethod
 from crossmodalmas.coverage import mask_unknown
-from crossmodalmas.devices import cpu_fallback
+from crossmodalmas.devices import cpu_fallback, resolve_device
 from crossmodalmas.preprocess import resample_probabilities, same_grid
 from crossmodalmas.qc import with_fusion_figures
 from crossmodalmas.result import AtlasQC, Result
@@ -124,6 +124,16 @@ def _indices(result: Result, keep: Optional[Sequence[Union[int, str]]]) -> list[
     return indices
 
 
+def _device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a torch device: a choice of ``--device`` resolved as a run resolves it."""
+    if isinstance(device, torch.device):
+        return device
+    choices = [choice.value for choice in DeviceChoice]
+    if device not in choices:
+        raise InputError(f"refuse(): 'device' must be one of {', '.join(choices)} or a torch device, got {device!r}")
+    return resolve_device(device)
+
+
 def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
            method: Optional[Union[str, FusionMethod]] = None, similarity_model: Optional[str] = None,
            device="cpu") -> Result:
@@ -136,17 +146,19 @@ def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
         method: the fusion method (None: the result's own).
         similarity_model: the similarity network, when PLF logits must be computed (the
             result's first fusion was another method); None: the result's, else the default.
-        device: where to compute; on CUDA out-of-memory the fusion runs again on the CPU, and
-            the new result's warnings say so.
+        device: where to compute: ``auto``, ``cpu``, ``cuda`` (as ``--device``) or a torch
+            device; on CUDA out-of-memory the fusion runs again on the CPU, and the new
+            result's warnings say so.
 
     Returns:
         A new :class:`Result` over the kept atlases; ``result`` is not modified.
 
     Raises:
-        InputError: ``keep`` names an unknown atlas, none, or one twice; an unknown method;
-            PLF with no similarity model available.
+        InputError: ``keep`` names an unknown atlas, none, or one twice; an unknown method or
+            device; CUDA asked for where torch sees none; PLF with no similarity model available.
     """
     indices = sorted(_indices(result, keep))
+    where = _device(device)
     try:
         method = FusionMethod(result.fusion if method is None else method)
     except ValueError as error:
@@ -172,6 +184,6 @@ def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
         kept["warnings"].append(message)
         warnings.warn(message, stacklevel=3)
 
-    fields, _ = cpu_fallback("re-fusion", fuse_on, torch.device(device), warn)
+    fields, _ = cpu_fallback("re-fusion", fuse_on, where, warn)
     fields["labels"] = mask_unknown(fields["labels"], result.unknown)  # no atlas looked there: still unknown
     return replace(result, **kept, **fields)
