@@ -136,7 +136,7 @@ def _device(device: Union[str, torch.device]) -> torch.device:
 
 def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
            method: Optional[Union[str, FusionMethod]] = None, similarity_model: Optional[str] = None,
-           device="cpu") -> Result:
+           device: Union[str, torch.device] = "cpu") -> Result:
     """Fuse again from ``result``: only the atlases in ``keep``, with ``method``; no registration.
 
     Args:
@@ -175,10 +175,10 @@ def refuse(result: Result, keep: Optional[Sequence[Union[int, str]]] = None,
         "timings": {}, "warnings": list(result.warnings),
     }
 
-    def fuse_on(where: torch.device) -> dict:
+    def fuse_on(on: torch.device) -> dict:
         return fused_fields(method, result.working_grid, result.labels.grid, result.label_values,
                             result.target_image, kept["warped_images"], kept["warped_classes"],
-                            [result.qc[i] for i in indices], where, similarity, model_name)
+                            [result.qc[i] for i in indices], on, similarity, model_name)
 
     def warn(message: str) -> None:
         kept["warnings"].append(message)
