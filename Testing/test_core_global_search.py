@@ -90,6 +90,30 @@ def test_poses_are_sorted_and_kept_apart():
     assert min(np.linalg.norm(a - b) for i, a in enumerate(shifts) for b in shifts[i + 1:]) >= 30.0 - 1e-6
 
 
+@pytest.mark.parametrize("target_is_slab", [True, False])
+def test_trimmed_correlations_find_the_poses_untrimmed_ones_find(monkeypatch, target_is_slab):
+    from crossmodalmas import global_search
+
+    image = _blobs()
+    turn = _rot(1) @ rotation_about(0, 15.0)
+    slab = Volume(image[12:20].copy(), _grid((8, 32, 32), origin=(0.0, 0.0, 12 * SPACING)))
+    whole = Volume(image, _frame(turn, (40.0, -20.0, 300.0)) @ _grid(image.shape))
+    target, atlas = (slab, whole) if target_is_slab else (whole, slab)
+    orientations = [np.eye(3), _rot(1), turn]
+    sizes = []
+    real_size = global_search.correlation_size
+    monkeypatch.setattr(global_search, "correlation_size", lambda *a: sizes.append(real_size(*a)) or sizes[-1])
+    trimmed = GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=4, orientations=orientations)
+    monkeypatch.setattr(global_search, "least_shared_slices", lambda *a: np.ones(3, int))  # no trimming
+    untrimmed = GlobalSearch(target, spacing_mm=SPACING).poses(atlas, keep=4, orientations=orientations)
+    assert len(trimmed) == len(untrimmed) == 4
+    for a, b in zip(trimmed, untrimmed):
+        np.testing.assert_array_equal(a.rotation, b.rotation)
+        np.testing.assert_allclose(a.translation, b.translation, atol=1e-9)
+        assert a.score == pytest.approx(b.score, rel=1e-9) and a.overlap == b.overlap
+    assert np.prod(sizes[0]) < np.prod(sizes[1])  # it did trim
+
+
 def test_no_pose_asked_computes_none(monkeypatch):
     from crossmodalmas import global_search
 

@@ -32,6 +32,7 @@ import torch
 
 from scipy.optimize import minimize
 
+from crossmodalmas.fft_shifts import admissible, correlation_size, index_shifts, least_shared_slices
 from crossmodalmas.preprocess import gaussian_smooth
 from crossmodalmas.search_grid import (affine_of, field_of_view_weights, labels_on_ras_grid, occupied_box, on_ras_grid,
                                        ras_grid, ras_to_lps_affine, sub_grid, translated, values_on_ras_grid)
@@ -145,19 +146,6 @@ class MovingImage:
         return self.corners_ras.mean(0)
 
 
-def _fast_size(n: int) -> int:
-    """The smallest size >= ``n`` with no prime factor above 5: FFTs of such sizes run several
-    times faster than of sizes with a large prime factor (measured: 102 = 2 x 3 x 17)."""
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
-
-
 def _indicator_spectra(bins: np.ndarray, size: tuple) -> torch.Tensor:
     """rFFTs of the ``BINS`` indicator images, zero-padded to ``size``."""
     labels = torch.from_numpy(bins.astype(np.int64))
@@ -181,10 +169,12 @@ def _n_log_n(counts: torch.Tensor) -> torch.Tensor:
     return counts * torch.log(counts.clamp_min(1.0))
 
 
-def _dependence_map(target_spectra: torch.Tensor, atlas_bins: np.ndarray, size: tuple, min_count: float):
+def _dependence_map(target_spectra: torch.Tensor, atlas_bins: np.ndarray, size: tuple, min_count: float,
+                    unaliased: torch.Tensor):
     """Mutual information times overlap (``N * MI``, nats) at every translation ``d`` (atlas voxel
     ``u`` on target voxel ``u + d``; index ``d mod size``) that overlaps ``min_count`` voxels or
-    more, -inf elsewhere; and the overlap counts.
+    more, -inf elsewhere; and the overlap counts. Only the ``unaliased`` indices are scored
+    (:func:`crossmodalmas.fft_shifts.admissible`: elsewhere a trimmed size aliases translations).
 
     ``N * MI`` (the G statistic of independence) rather than normalised MI: measured on phantom
     slabs, NMI preferred poses where half the slab hung outside the target over a featureless
@@ -193,7 +183,7 @@ def _dependence_map(target_spectra: torch.Tensor, atlas_bins: np.ndarray, size: 
     """
     atlas_spectra = _indicator_spectra(atlas_bins, size).conj()
     total = _correlate(target_spectra.sum(0), atlas_spectra.sum(0), size)
-    valid = total >= min_count
+    valid = (total >= min_count) & unaliased
     n = total[valid].double()
     joint_sum = torch.zeros_like(n)
     atlas_sum = torch.zeros_like(n)
@@ -210,17 +200,19 @@ def _dependence_map(target_spectra: torch.Tensor, atlas_bins: np.ndarray, size: 
     return score, total
 
 
-def _peaks(score: torch.Tensor, count: int, separation_vox: int) -> list[tuple[int, ...]]:
-    """Indices of up to ``count`` finite maxima, at least ``separation_vox`` apart along some axis
-    (non-maximum suppression; the translation axes wrap, index ``d mod size``)."""
+def _peaks(score: torch.Tensor, count: int, separation_vox: int, shifts: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+    """Indices of up to ``count`` finite maxima whose translations (``shifts``: per axis, each
+    index's, :func:`crossmodalmas.fft_shifts.index_shifts`) are at least ``separation_vox`` apart
+    along some axis (non-maximum suppression)."""
     score = score.clone()
+    axes = [torch.from_numpy(axis) for axis in shifts]
     found = []
     for _ in range(count):
         best = np.unravel_index(int(torch.argmax(score)), score.shape)
         if not torch.isfinite(score[best]):
             break
         found.append(tuple(int(v) for v in best))
-        near = [torch.arange(b - separation_vox, b + separation_vox + 1) % n for b, n in zip(best, score.shape)]
+        near = [torch.nonzero((axis - axis[b]).abs() <= separation_vox).flatten() for axis, b in zip(axes, best)]
         score[torch.meshgrid(*near, indexing="ij")] = -torch.inf
     return found
 
@@ -309,16 +301,18 @@ class GlobalSearch:
         # one binning (the atlas's own quantiles) for every orientation
         moved = [_binned(atlas.corners_ras, atlas.smoothed, spacing, rotation, centre, atlas.edges)
                  for rotation in orientations]
-        # at least target + atlas - 1 along each axis: the correlation does not wrap around
-        size = tuple(_fast_size(int(t + max(m.bins.shape[i] for m in moved) - 1)) for i, t in enumerate(fixed.bins.shape))
-        target_spectra = _indicator_spectra(fixed.bins, size)
         smaller = min(int((fixed.bins >= 0).sum()), min(int((m.bins >= 0).sum()) for m in moved))
+        least = least_shared_slices(fixed.bins >= 0, [m.bins >= 0 for m in moved], MIN_OVERLAP * smaller)
+        widest = [max(m.bins.shape[i] for m in moved) for i in range(3)]
+        size = correlation_size(fixed.bins.shape, widest, least)
+        shifts = index_shifts(fixed.bins.shape, size)
+        target_spectra = _indicator_spectra(fixed.bins, size)
         poses = []
         for rotation, binned in zip(orientations, moved):
-            score, total = _dependence_map(target_spectra, binned.bins, size, MIN_OVERLAP * smaller)
-            for index in _peaks(score, keep, int(round(_PEAK_SEPARATION_MM / spacing))):
-                # index d below the target's size is the shift d; above it, d - size (a negative shift)
-                shift_kji = np.array([d if d < n else d - s for d, n, s in zip(index, fixed.bins.shape, size)], float)
+            score, total = _dependence_map(target_spectra, binned.bins, size, MIN_OVERLAP * smaller,
+                                           admissible(fixed.bins.shape, binned.bins.shape, size, least))
+            for index in _peaks(score, keep, int(round(_PEAK_SEPARATION_MM / spacing)), shifts):
+                shift_kji = np.array([axis[d] for axis, d in zip(shifts, index)], float)
                 translation = fixed.origin - binned.origin + shift_kji[::-1] * spacing
                 poses.append(Pose(rotation, centre, translation, float(score[index]), float(total[index]) / smaller))
         return sorted(poses, key=lambda pose: -pose.score)[:keep]
