@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossmodalmas.fft_shifts import (admissible, correlation_size, fast_size, index_shifts, largest_sections,
+from crossmodalmas.fft_shifts import (admissible, correlation_size, fast_size, fullest_slices, index_shifts,
                                       least_shared_slices)
 
 
@@ -38,21 +38,24 @@ def test_index_shifts_count_up_then_wrap_to_negative_shifts():
     assert [s.tolist() for s in index_shifts((3, 1, 2), (5, 2, 2))] == [[0, 1, 2, -2, -1], [0, -1], [0, 1]]
 
 
-def test_largest_sections_count_the_fullest_slice_across_each_axis():
+def test_fullest_slices_sum_the_slice_counts_largest_first():
     inside = np.zeros((2, 3, 4), bool)
-    inside[0, :2, :] = True  # slice k=0 holds 8; j=0 and j=1 hold 4; each i holds 2
-    assert largest_sections(inside).tolist() == [8, 4, 2]
+    inside[0, :2, :] = True
+    inside[1, 0, 0] = True  # slices across k hold 8 and 1; across j 5, 4, 0; across i 3, 2, 2, 2
+    assert [sums.tolist() for sums in fullest_slices(inside)] == [[0, 8, 9], [0, 5, 9, 9], [0, 3, 5, 7, 9]]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_every_translation_that_overlaps_enough_shares_the_least_slices(seed):
     target, atlas = _masks(seed)
+    orientations = [atlas, np.ascontiguousarray(np.swapaxes(atlas, 0, 2)[:, ::-1])]  # one bound for both
     min_count = 0.5 * min(target.sum(), atlas.sum())
-    least = least_shared_slices(target, [atlas], min_count)
-    for d, count in _overlaps(target, atlas).items():
-        if count >= min_count:
-            shared = [min(a - 1, t - 1 - s) - max(0, -s) + 1 for s, t, a in zip(d, target.shape, atlas.shape)]
-            assert all(o >= h for o, h in zip(shared, least)), (d, shared, least)
+    least = least_shared_slices(target, orientations, min_count)
+    for turned in orientations:
+        for d, count in _overlaps(target, turned).items():
+            if count >= min_count:
+                shared = [min(a - 1, t - 1 - s) - max(0, -s) + 1 for s, t, a in zip(d, target.shape, turned.shape)]
+                assert all(o >= h for o, h in zip(shared, least)), (d, shared, least)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -5,7 +5,7 @@ An FFT correlation is circular: along an axis of size ``n``, translations ``d`` 
 land on one index. Padding each axis to ``target + atlas - 1`` keeps every translation apart,
 but only translations where the two fields of view overlap by a set count are ever scored, and
 those need fewer indices. Two fields of view that share ``o`` slices across an axis overlap by
-at most ``o`` times the smaller of their largest slices, so such a translation shares at least
+at most what the ``o`` fullest slices of either hold, so such a translation shares at least
 ``h`` slices on every axis; a size of ``target + atlas - h`` leaves all of them free of aliases.
 On a thin target slab, whose search grid is finer, the correlations were the affine step's
 time; there the sizes shrink by a third to a half (measured on the robustness benchmark's pairs).
@@ -34,14 +34,22 @@ def fast_size(n: int) -> int:
         n += 1
 
 
-def largest_sections(inside: np.ndarray) -> np.ndarray:
-    """Per axis, the most voxels of the 3D bool mask ``inside`` that one slice across it holds."""
-    return np.array([inside.sum(axis=tuple(a for a in range(3) if a != axis)).max(initial=0) for axis in range(3)])
+def fullest_slices(inside: np.ndarray) -> list[np.ndarray]:
+    """Per axis, the voxels of the 3D bool mask ``inside`` that its ``o`` fullest slices across
+    the axis hold together, for ``o`` = 0, 1, ... (the running sum of the slice counts, largest first)."""
+    out = []
+    for axis in range(3):
+        counts = np.sort(inside.sum(axis=tuple(a for a in range(3) if a != axis)))[::-1]
+        out.append(np.concatenate([[0], np.cumsum(counts)]))
+    return out
 
 
 def least_shared_slices(target_inside: np.ndarray, atlas_insides: Sequence[np.ndarray], min_count: float) -> np.ndarray:
     """Per axis, the fewest slices across it that the target's field of view and any of the
     atlas's (one mask per orientation) must share to overlap by ``min_count`` voxels; at least 1.
+
+    ``o`` shared slices overlap by at most what the ``o`` fullest slices of either field of view
+    hold, so fewer than the first ``o`` at which both reach ``min_count`` cannot.
 
     Args:
         target_inside: bool mask of the target's field of view.
@@ -49,11 +57,17 @@ def least_shared_slices(target_inside: np.ndarray, atlas_insides: Sequence[np.nd
         min_count: the overlap, in voxels, below which no translation is scored.
 
     Returns:
-        ``(3,)`` int: each shared slice holds at most the smaller of the two largest sections.
+        ``(3,)`` int.
     """
-    atlas_sections = np.max([largest_sections(inside) for inside in atlas_insides], axis=0)
-    sections = np.minimum(largest_sections(target_inside), atlas_sections)
-    return np.maximum(1, np.ceil(min_count / np.maximum(sections, 1))).astype(int)
+    least = []
+    for axis, target_sums in enumerate(fullest_slices(target_inside)):
+        atlas_sums = [fullest_slices(inside)[axis] for inside in atlas_insides]
+        length = max(len(target_sums), *(len(sums) for sums in atlas_sums))
+        padded = [np.pad(sums, (0, length - len(sums)), mode="edge") for sums in [target_sums, *atlas_sums]]
+        reachable = np.minimum(padded[0], np.max(padded[1:], axis=0))  # the most o shared slices can overlap
+        enough = np.nonzero(reachable >= min_count)[0]
+        least.append(max(1, int(enough[0]) if enough.size else length))
+    return np.array(least)
 
 
 def correlation_size(target_shape: Sequence[int], atlas_shape: Sequence[int], least: Sequence[int]) -> tuple[int, ...]:
