@@ -13,7 +13,8 @@ most voxels (normalised MI, tried first, preferred slabs hanging half outside th
 featureless anatomy). For one orientation it is computed at all translations at once: with
 intensities in ``B`` quantile bins, the joint histogram at translation ``d`` is the
 cross-correlation of the atlas's and the target's bin-indicator images, ``B x B`` correlations by FFT (voxels outside a field of view
-are in no bin, so only the true overlap counts). An exhaustive search, not a local one, so the
+are in no bin, so only the true overlap counts), each FFT only as large as the translations
+that overlap enough to be scored need (:mod:`crossmodalmas.fft_shifts`). An exhaustive search, not a local one, so the
 best pose on this grid is found wherever it is.
 
 Space: RAS mm. A pose maps an atlas point ``x`` to the target point ``R (x - c) + c + t``
