@@ -205,6 +205,20 @@ def test_a_table_run_with_other_torch_threads_is_taken_and_its_threads_named(ben
         robustness._with_tables_of(results, {**other, "machine": {"cpu": "y", "commit": "def", "threads": 2}}, True)
 
 
+def test_a_table_the_other_run_took_from_a_third_keeps_the_third_runs_name(bench):
+    robustness = bench.benchmark_robustness
+    results = {"machine": {"cpu": "x", "commit": "new"}, "partial_fov": [_row(0.7, 0.0)], "memory": []}
+    memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
+    brain = {"rows": [_row(0.7, 0.1)], "jobs": 2, "ants_seed": 1}
+    published = {"machine": {"cpu": "x", "commit": "old"}, "date": "d2", "memory": memory, "brain_partial_fov": brain,
+                 "table_sources": {"memory": {"commit": "mem", "date": "d1", "threads": 2}}}
+    merged = robustness._with_tables_of(results, published, another_commit=True)
+    assert merged["memory"] == memory and merged["brain_partial_fov"] == brain
+    assert robustness._sources_note(merged) == (
+        "The memory rows against atlas count are of another commit: mem, run on d1 with 2 torch threads. "
+        "The brain pairs are of another commit: old, run on d2.")
+
+
 def test_a_run_before_memory_sources_keeps_its_note(bench):
     assert bench.benchmark_robustness._sources_note({"machine": {"commit": "abc"}, "note": "As it was."}) == "As it was."
     assert bench.benchmark_robustness._sources_note({"machine": {"commit": "abc"}}) == ""

@@ -338,7 +338,7 @@ def _with_tables_of(results: dict, other: dict, another_commit: bool = False) ->
     """``results`` with ``other``'s tables of :data:`MERGED_TABLES` (each table ``other`` has rows
     of; ``results`` keeps its own of the others): a run of one commit on one machine, or (with
     ``another_commit``) of another commit on this machine. Each table's run is kept, for the
-    section to name: its commit, date and torch threads (a setting of the run, not of the machine:
+    section to name (a table ``other`` took from a third run names that run): its commit, date and torch threads (a setting of the run, not of the machine:
     the section names it where it differs from the section's own)."""
     same_machine = {k: v for k, v in other["machine"].items() if k not in _RUN_SETTINGS} == \
         {k: v for k, v in results["machine"].items() if k not in _RUN_SETTINGS}
@@ -348,7 +348,8 @@ def _with_tables_of(results: dict, other: dict, another_commit: bool = False) ->
     taken = {key: other[key] for key in MERGED_TABLES if other.get(key)}
     machine = other["machine"]
     run = {"commit": machine.get("commit"), "date": other.get("date"), "threads": machine.get("threads")}
-    sources = {**(_table_sources(results) or {}), **{key: dict(run) for key in taken}}
+    merged_into_other = _table_sources(other) or {}  # a table that ``other`` itself took from a third run keeps it
+    sources = {**(_table_sources(results) or {}), **{key: dict(merged_into_other.get(key, run)) for key in taken}}
     kept = {k: v for k, v in results.items() if k != "memory_sources"}
     return {**kept, **taken, "table_sources": sources}
 
