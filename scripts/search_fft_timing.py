@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import time
 from contextlib import contextmanager
 from typing import Sequence
@@ -75,13 +76,14 @@ def same_poses(a: Sequence, b: Sequence) -> bool:
 def row(seed: int, keep: int = _RERANKED * GLOBAL_STARTS) -> dict:
     """Pair ``seed``'s search, trimmed and at full size."""
     pair = partial_pair(seed)
+    load = os.getloadavg()[0]  # the machine's 1-min load just before the timing: others' work inflates it
     trimmed, trimmed_seconds, trimmed_size = _timed(pair, keep)
     with _full_size():
         full, full_seconds, full_size = _timed(pair, keep)
     return {"pair": pair.name, "kind": pair.kind, "spacing_mm": round(global_search.GlobalSearch(pair.target).spacing_mm, 2),
             "size_trimmed": list(trimmed_size), "size_full": list(full_size),
             "seconds_trimmed": round(trimmed_seconds, 1), "seconds_full": round(full_seconds, 1),
-            "same_poses": same_poses(trimmed, full)}
+            "same_poses": same_poses(trimmed, full), "load_before": round(load, 2)}
 
 
 def table(rows: Sequence[dict]) -> list[str]:
@@ -113,7 +115,8 @@ def main(argv=None) -> int:
         info = machine()
         header = (f"## Global search: FFTs trimmed to the translations scored\n\nRun {datetime.date.today().isoformat()} "
                   f"on {info['cpu']} ({info['cores']} cores), torch {info['torch']}, {args.threads} torch thread(s), "
-                  f"commit {info['commit']}, nothing else running: `python scripts/search_fft_timing.py --section` "
+                  f"commit {info['commit']}; the highest 1-min load average just before a pair was "
+                  f"{max(r['load_before'] for r in rows):.2f}. `python scripts/search_fft_timing.py --section` "
                   "re-runs it. Seconds of `GlobalSearch.poses` (28 orientations, the affine step's 15 poses kept) "
                   "on robustness pairs; the full size is target + atlas - 1 along each axis.\n")
         replace_section(ROOT / "BENCHMARKS.md", SECTION, [header, *lines])
