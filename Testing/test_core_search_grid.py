@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from crossmodalmas.search_grid import affine_of, field_of_view_weights, occupied_box, sub_grid, translated
+from crossmodalmas.search_grid import (affine_of, field_of_view_weights, occupied_box, reach_box, sub_grid,
+                                       translated)
 from crossmodalmas.volume import Grid, to_sitk
 
 
@@ -67,6 +68,48 @@ def test_field_of_view_weights_follow_each_voxel_into_a_turned_image_through_the
         depth = np.minimum(index + 0.5, size - 0.5 - index) * spacing
         assert weights[k, j, i] == pytest.approx(np.prod(np.clip(0.5 + depth / 3.0, 0.0, 1.0)), abs=1e-9)
     assert 0.0 < weights.mean() < 1.0  # the image covers part of the grid
+
+
+def _turned_image_on_a_grid(shift) -> tuple[sitk.Image, Grid, sitk.Transform]:
+    """An oblique image, a turned grid, and a sheared transform shifted by ``shift`` mm."""
+    image = sitk.Image((9, 7, 5), sitk.sitkFloat32)
+    image.SetSpacing((2.0, 3.0, 4.0))
+    image.SetOrigin((-10.0, 5.0, -8.0))
+    image.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.3, -0.4, 0.5).GetMatrix())
+    grid = Grid((20, 22, 24), _turned_grid_affine((0.1, 0.2, -0.3), (3.0, 2.5, 3.5), (-40.0, -45.0, -40.0)))
+    return image, grid, sitk.AffineTransform((1.1, 0.1, 0.0, -0.05, 0.9, 0.2, 0.0, 0.1, 1.05), shift, (1.0, 2.0, 3.0))
+
+
+# inside the grid; and three across its edges
+@pytest.mark.parametrize("shift", [(0.0, 0.0, 0.0), (12.0, -30.0, 25.0), (40.0, 0.0, 0.0), (0.0, 0.0, 40.0)])
+def test_the_reach_box_holds_every_weighted_voxel_and_its_weights_are_the_whole_grids_to_the_bit(shift):
+    image, grid, transform = _turned_image_on_a_grid(shift)
+    whole = field_of_view_weights(image, grid, transform, 3.0)
+    box = reach_box(image, grid, transform, 3.0)
+    outside = whole.copy()
+    outside[box] = 0.0
+    assert whole.any() and not outside.any()  # every weighted voxel lies in the box ...
+    assert np.prod([b.stop - b.start for b in box]) < 0.5 * whole.size  # ... which is a part of the grid
+    assert np.array_equal(field_of_view_weights(image, grid, transform, 3.0, box), whole[box])
+
+
+@pytest.mark.parametrize("offset_mm", np.arange(0.0, 3.0, 0.25))  # across a grid voxel
+def test_the_reach_box_of_an_axis_aligned_image_is_the_box_of_its_weighted_voxels_to_a_voxel(offset_mm):
+    image = sitk.Image((10, 6, 4), sitk.sitkFloat32)  # 2 mm voxels: 20 x 12 x 8 mm
+    image.SetSpacing((2.0, 2.0, 2.0))
+    image.SetOrigin((-30.0 - offset_mm, -20.0, 10.0 + offset_mm))
+    grid = Grid((20, 20, 20), np.diag([3.0, 3.0, 3.0, 1.0]) @ np.array(
+        [[1, 0, 0, -10.0], [0, 1, 0, -10.0], [0, 0, 1, 0.0], [0, 0, 0, 1]]))
+    weights = field_of_view_weights(image, grid, sitk.Transform(), 3.0)
+    reach, weighted = reach_box(image, grid, sitk.Transform(), 3.0), occupied_box(weights > 0)
+    for outer, inner in zip(reach, weighted):  # wider by a voxel at most (one of weight 0 on the edge)
+        assert outer.start <= inner.start <= outer.start + 1 and outer.stop - 1 <= inner.stop <= outer.stop
+
+
+def test_an_image_off_the_grid_has_no_reach_box():
+    image, grid, transform = _turned_image_on_a_grid((-60.0, 5.0, -45.0))
+    assert not field_of_view_weights(image, grid, transform, 3.0).any()
+    assert reach_box(image, grid, transform, 3.0) is None
 
 
 def test_occupied_box_is_the_tightest_box_and_its_sub_grid_keeps_the_voxel_positions():

@@ -36,7 +36,8 @@ from scipy.optimize import minimize
 from crossmodalmas.fft_shifts import admissible, correlation_size, index_shifts, least_shared_slices
 from crossmodalmas.preprocess import gaussian_smooth
 from crossmodalmas.search_grid import (affine_of, field_of_view_weights, labels_on_ras_grid, occupied_box, on_ras_grid,
-                                       ras_grid, ras_to_lps_affine, sub_grid, translated, values_on_ras_grid)
+                                       ras_grid, ras_to_lps_affine, reach_box, sub_grid, translated,
+                                       values_on_ras_grid)
 from crossmodalmas.volume import LPS_TO_RAS, Grid, LabelMap, Volume, to_sitk
 
 SEARCH_SPACING_MM = 7.0  # coarse enough for an exhaustive search, fine enough that organs span voxels
@@ -430,20 +431,25 @@ class GlobalSearch:
 
     def _score(self, atlas: MovingImage, transform: sitk.Transform) -> float:
         """``N * MI`` of one placement; each voxel counts by its :func:`field_of_view_weights`."""
-        weights = field_of_view_weights(atlas.smoothed, self.fixed.grid, transform, self.spacing_mm)
-        both = (weights > 0) & (self.fixed.bins >= 0)
-        box = occupied_box(both)
-        if box is None:
+        reach = reach_box(atlas.smoothed, self.fixed.grid, transform, self.spacing_mm)
+        if reach is None:
+            return 0.0  # the atlas lies off the grid: no information
+        weights = field_of_view_weights(atlas.smoothed, self.fixed.grid, transform, self.spacing_mm, reach)
+        both = (weights > 0) & (self.fixed.bins[reach] >= 0)
+        inner = occupied_box(both)
+        if inner is None:
             return 0.0  # no overlap: no information
         # the atlas resampled on the box of the overlap only (on a slab, a fraction of the grid)
-        grid, both_in_box = sub_grid(self.fixed.grid, box), both[box]
+        box = tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(reach, inner))
+        grid, both_in_box = sub_grid(self.fixed.grid, box), both[inner]
         values = values_on_ras_grid(atlas.smoothed, grid, transform)
         classes = np.digitize(values[both_in_box], atlas.edges).astype(np.int64)
         if atlas.labels is not None:
             structures = labels_on_ras_grid(atlas.labels, grid, transform)[both_in_box]
             classes += _present_ranks(structures) * BINS
         rows = int(classes.max()) + 1
-        joint = np.bincount(classes * BINS + self.fixed.bins[both], weights=weights[both], minlength=rows * BINS)
+        joint = np.bincount(classes * BINS + self.fixed.bins[box][both_in_box], weights=weights[inner][both_in_box],
+                            minlength=rows * BINS)
         return _information(joint.reshape(rows, BINS))
 
 

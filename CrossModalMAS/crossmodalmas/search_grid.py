@@ -14,6 +14,8 @@ import SimpleITK as sitk
 
 from crossmodalmas.volume import LPS_TO_RAS, Grid, ijk_to_ras_from_sitk, to_sitk
 
+Box = tuple[slice, slice, slice]  # (k, j, i) slices of a grid
+
 
 def ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: float) -> Grid:
     """The axis-aligned RAS grid at ``spacing`` mm with voxel (0, 0, 0) at ``lo``, reaching ``hi``."""
@@ -23,7 +25,7 @@ def ras_grid(lo: np.ndarray, hi: np.ndarray, spacing: float) -> Grid:
     return Grid(tuple(int(s) for s in size[::-1]), ijk_to_ras)
 
 
-def occupied_box(mask: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+def occupied_box(mask: np.ndarray) -> Optional[Box]:
     """The (k, j, i) slices of the smallest box holding every True voxel of ``mask``; None if none."""
     spans = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     if not spans[0].size:
@@ -31,7 +33,7 @@ def occupied_box(mask: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
     return tuple(slice(int(span[0]), int(span[-1]) + 1) for span in spans)
 
 
-def sub_grid(grid: Grid, box: tuple[slice, slice, slice]) -> Grid:
+def sub_grid(grid: Grid, box: Box) -> Grid:
     """The voxels of ``grid`` in ``box`` ((k, j, i) slices, as :func:`occupied_box` gives), as a grid."""
     ijk_to_ras = grid.ijk_to_ras.copy()
     ijk_to_ras[:3, 3] = grid.ijk_to_points(np.array([[box[2].start, box[1].start, box[0].start]]))[0]
@@ -66,7 +68,8 @@ def values_on_ras_grid(image: sitk.Image, grid: Grid, transform: sitk.Transform)
                                                 True))
 
 
-def field_of_view_weights(image: sitk.Image, grid: Grid, transform: sitk.Transform, voxel_mm: float) -> np.ndarray:
+def field_of_view_weights(image: sitk.Image, grid: Grid, transform: sitk.Transform, voxel_mm: float,
+                          box: Optional[Box] = None) -> np.ndarray:
     """How much of each voxel of ``grid`` (a cube ``voxel_mm`` wide) lies inside ``image``'s
     field of view, placed by ``transform`` (grid LPS -> image LPS, affine-linear): per axis of
     the image, 0.5 for a voxel centred on a face, rising or falling linearly over one voxel.
@@ -79,22 +82,53 @@ def field_of_view_weights(image: sitk.Image, grid: Grid, transform: sitk.Transfo
     face along a grid axis, nearly so when turned), so the score varies as smoothly as the
     anatomy does.
 
+    Args:
+        image: the image whose field of view counts.
+        grid: the grid weighted.
+        transform: grid LPS -> image LPS, affine-linear.
+        voxel_mm: the grid voxel's width.
+        box: only these voxels of ``grid`` ((k, j, i) slices, e.g. :func:`reach_box`), each
+            weighted to the bit as in the whole grid.
+
     Returns:
-        ``grid.shape`` float weights in [0, 1].
+        Float weights in [0, 1], of ``grid.shape`` (of the box's shape if ``box``).
     """
     # One 4x4 from grid (i, j, k) to the image's continuous (i, j, k), applied row by row to
     # broadcast index axes: the search scores ~1000 placements per atlas, and building every
     # voxel's point and solving for its index each time took a third of the affine step.
     to_index = _grid_to_image_index(image, grid, transform)
     size, spacing = np.asarray(image.GetSize(), float), np.asarray(image.GetSpacing())
-    k, j, i = np.ogrid[tuple(slice(0, n) for n in grid.shape)]
-    weights = np.ones(grid.shape)
+    k, j, i = np.ogrid[box or tuple(slice(0, n) for n in grid.shape)]
+    weights = np.ones(np.broadcast_shapes(k.shape, j.shape, i.shape))
     for axis in range(3):
         a, b, c, d = to_index[axis]
         index = (a * i + d) + (b * j) + (c * k)
         depth_mm = np.minimum(index + 0.5, size[axis] - 0.5 - index) * spacing[axis]  # < 0 outside
         weights *= np.clip(0.5 + depth_mm / voxel_mm, 0.0, 1.0)
     return weights
+
+
+_ROUNDING = 1e-6  # grid voxels: :func:`reach_box` keeps those this near its faces
+
+
+def reach_box(image: sitk.Image, grid: Grid, transform: sitk.Transform, voxel_mm: float) -> Optional[Box]:
+    """The (k, j, i) slices of a box of ``grid`` that holds every voxel :func:`field_of_view_weights`
+    weights above 0 (and those of weight 0 on its faces); None if it holds none.
+
+    The search scores a thousand placements per atlas, and weighing the whole target grid for
+    each, most of it far from a slab atlas, took a quarter of a score."""
+    to_index = _grid_to_image_index(image, grid, transform)
+    size, spacing = np.asarray(image.GetSize(), float), np.asarray(image.GetSpacing())
+    reach = 0.5 + 0.5 * voxel_mm / spacing  # image indices beyond a face at which the weight reaches 0
+    lo, hi = -reach, size - 1 + reach
+    corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    ijk = (corners @ np.linalg.inv(to_index).T)[:, :3]
+    # the voxels strictly between, and those within rounding of the two faces
+    first = np.maximum(np.ceil(ijk.min(0) - _ROUNDING).astype(int), 0)
+    last = np.minimum(np.floor(ijk.max(0) + _ROUNDING).astype(int), np.array(grid.shape[::-1]) - 1)
+    if np.any(first > last):
+        return None
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(first[::-1], last[::-1]))
 
 
 def _grid_to_image_index(image: sitk.Image, grid: Grid, transform: sitk.Transform) -> np.ndarray:
