@@ -338,8 +338,9 @@ def _with_tables_of(results: dict, other: dict, another_commit: bool = False) ->
     """``results`` with ``other``'s tables of :data:`MERGED_TABLES` (each table ``other`` has rows
     of; ``results`` keeps its own of the others): a run of one commit on one machine, or (with
     ``another_commit``) of another commit on this machine. Each table's run is kept, for the
-    section to name (a table ``other`` took from a third run names that run): its commit, date and torch threads (a setting of the run, not of the machine:
-    the section names it where it differs from the section's own)."""
+    section to name (a table ``other`` took from a third run names that run): its commit, date
+    and torch threads (a setting of the run, not of the machine: the section names it where it
+    differs from the section's own)."""
     same_machine = {k: v for k, v in other["machine"].items() if k not in _RUN_SETTINGS} == \
         {k: v for k, v in results["machine"].items() if k not in _RUN_SETTINGS}
     same_commit = other["machine"].get("commit") == results["machine"].get("commit")

@@ -60,8 +60,9 @@ def least_shared_slices(target_inside: np.ndarray, atlas_insides: Sequence[np.nd
         ``(3,)`` int.
     """
     least = []
+    every_atlas_sums = [fullest_slices(inside) for inside in atlas_insides]  # once per orientation, all axes
     for axis, target_sums in enumerate(fullest_slices(target_inside)):
-        atlas_sums = [fullest_slices(inside)[axis] for inside in atlas_insides]
+        atlas_sums = [sums[axis] for sums in every_atlas_sums]
         length = max(len(target_sums), *(len(sums) for sums in atlas_sums))
         padded = [np.pad(sums, (0, length - len(sums)), mode="edge") for sums in [target_sums, *atlas_sums]]
         reachable = np.minimum(padded[0], np.max(padded[1:], axis=0))  # the most o shared slices can overlap
