@@ -327,6 +327,41 @@ def test_a_searched_transform_must_beat_the_header_by_the_margin():
     assert _preferred([(header, 1.0)], []) is header
 
 
+
+def _turned(rotation: np.ndarray, scale: float = 1.0) -> sitk.AffineTransform:
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix((scale * rotation).ravel().tolist())
+    transform.SetTranslation((40.0, -7.0, 3.0))
+    return transform
+
+
+def test_turn_between_measures_the_rotation_whatever_the_scale_and_shift():
+    from crossmodalmas.affine import turn_between
+
+    assert turn_between(_turned(np.eye(3)), sitk.Transform()) == pytest.approx(0.0, abs=1e-6)
+    assert turn_between(_turned(np.eye(3), 1.3), _turned(rotation_about(0, 15.0), 0.8)) == pytest.approx(15.0)
+    assert turn_between(_turned(rotation_about(1, 30.0)), _turned(rotation_about(1, -20.0))) == pytest.approx(50.0)
+    assert turn_between(_turned(np.eye(3)), _turned(rotation_about(2, 180.0))) == pytest.approx(180.0)
+
+
+def test_on_a_partial_pair_a_searched_pose_of_the_headers_orientation_needs_no_margin():
+    """The margin guards the header's orientation (a flip of symmetric anatomy scores almost as
+    well); a partial pair's header-based translation, centred on fields of view that differ, is
+    worth nothing, so a pose turned the header's way wins by its score alone."""
+    from crossmodalmas.affine import _HEADER_MARGIN, _SAME_ORIENTATION_DEG, _preferred
+
+    header = _turned(np.eye(3))
+    tilted, flipped = _turned(rotation_about(0, 15.0)), _turned(rotation_about(1, 180.0))
+    beaten_narrowly = 100.0 * (1.0 + _HEADER_MARGIN) / 2.0
+    assert _preferred([(header, 100.0)], [(tilted, beaten_narrowly)], partial=True) is tilted
+    assert _preferred([(header, 100.0)], [(tilted, 99.0)], partial=True) is header
+    assert _preferred([(header, 100.0)], [(tilted, 100.0)], partial=True) is header  # a tie keeps the header
+    assert _preferred([(header, 100.0)], [(flipped, beaten_narrowly)], partial=True) is header
+    assert _preferred([(header, 100.0)], [(tilted, beaten_narrowly)]) is header  # a whole pair: the margin
+    just_turned = _turned(rotation_about(2, _SAME_ORIENTATION_DEG + 1.0))
+    assert _preferred([(header, 100.0)], [(just_turned, beaten_narrowly)], partial=True) is header
+
+
 def test_starts_rank_the_searched_poses_again_by_the_labels():
     from crossmodalmas import affine
 

@@ -202,6 +202,30 @@ def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     assert all(size[2] < 40 for size in fixed_sizes)
 
 
+
+def test_affine_align_waives_the_header_margin_for_the_headers_orientation_on_partial_pairs_only(monkeypatch):
+    import SimpleITK as sitk
+
+    from crossmodalmas import affine
+    from crossmodalmas.volume import Volume
+
+    monkeypatch.setattr(affine, "_affine_from", lambda fixed, moving, start, seed: (start, -1.0))
+    monkeypatch.setattr(affine.GlobalSearch, "polish", lambda self, atlas, transform: transform)
+    monkeypatch.setattr(affine.GlobalSearch, "slide", lambda self, atlas, transform, axis, reach: transform)
+    monkeypatch.setattr(affine, "GLOBAL_STARTS", 1)
+    partial_flags = []
+    preferred = affine._preferred
+    monkeypatch.setattr(affine, "_preferred", lambda header, searched, partial=False:
+                        partial_flags.append(partial) or preferred(header, searched, partial))
+    rng = np.random.default_rng(0)
+    target = Volume(rng.random((40, 24, 24), dtype=np.float32), np.diag([4.0, 4.0, 4.0, 1.0]))
+    for rows, partial in (((10, 18), True), ((1, 38), False)):
+        partial_flags.clear()
+        atlas = Volume(target.array[slice(*rows)].copy(), target.ijk_to_ras.copy())
+        assert isinstance(affine.AffineAligner(target).align(atlas), sitk.Transform)
+        assert partial_flags == [partial]
+
+
 def test_affine_align_falls_back_to_the_target_fixed_fits_when_the_atlas_fixed_ones_fail(monkeypatch):
     """A smaller atlas whose fits with itself fixed all fail is fitted with the target fixed
     before the image centres are fallen back on."""
