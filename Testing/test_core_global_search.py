@@ -327,7 +327,6 @@ def test_a_searched_transform_must_beat_the_header_by_the_margin():
     assert _preferred([(header, 1.0)], []) is header
 
 
-
 def _turned(rotation: np.ndarray, scale: float = 1.0) -> sitk.AffineTransform:
     transform = sitk.AffineTransform(3)
     transform.SetMatrix((scale * rotation).ravel().tolist())

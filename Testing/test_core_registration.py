@@ -202,7 +202,6 @@ def test_affine_align_samples_the_smaller_image_and_inverts_back(monkeypatch):
     assert all(size[2] < 40 for size in fixed_sizes)
 
 
-
 def test_affine_align_waives_the_header_margin_for_the_headers_orientation_on_partial_pairs_only(monkeypatch):
     import SimpleITK as sitk
 

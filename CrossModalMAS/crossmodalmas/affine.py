@@ -386,11 +386,10 @@ def affine_align(target: Volume, atlas: Volume, seed: int = 0, labels: Optional[
     ~7 mm grid (:meth:`GlobalSearch.polish`). A pose from the search must beat the best
     header-based one by 5 % (symmetric anatomy scores its flip as well as the truth), unless
     the pair is partial and the pose keeps the header's orientation. When the two fields of
-    view differ (one covers under 60 % of the other), the winner is slid along
-    the slab's thin axis (:meth:`GlobalSearch.slide`, :func:`slab_axis`) and polished again at
-    ~3.5 mm. A start ITK gives up on is dropped; if none is left the image centres are
-    aligned. For several atlases of one target, :class:`AffineAligner` does the target's part
-    once.
+    view differ (one covers under 60 % of the other), the winner is slid along the slab's thin
+    axis (:meth:`GlobalSearch.slide`, :func:`slab_axis`) and polished again at ~3.5 mm. A start
+    ITK gives up on is dropped; if none is left the image centres are aligned. For several
+    atlases of one target, :class:`AffineAligner` does the target's part once.
 
     Args:
         target: the fixed image.
