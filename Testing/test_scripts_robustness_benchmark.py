@@ -313,3 +313,29 @@ def test_deformed_profile_segments_from_each_placement_and_restores_the_affine_s
 def test_the_section_says_when_the_pairs_ran_side_by_side(bench):
     assert bench.benchmark_robustness._jobs_note(1) == ""
     assert "ran 2 processes side by side (`--jobs 2`)" in bench.benchmark_robustness._jobs_note(2)
+
+
+def test_found_share_is_judged_over_every_seed_ours_ran_at(bench):
+    robustness = bench.benchmark_robustness
+    rows = [dict(_row(0.7, 0.0), **{robustness.seeded(1): {"dice": dice, "seconds": 11.0}})
+            for dice in (0.7, 0.7, 0.7, 0.7, 0.2)]
+    rows[0]["ours"] = {"dice": 0.3, "seconds": 10.0}
+    lines = "\n".join(robustness._partial_lines(rows))
+    assert "| ours, seed 1 | 4 / 5 | 80% | 0.600 | 11 |" in lines
+    assert "| pair | kind | fraction | mix-up | ours Dice (s) | ours, seed 1 Dice (s) | antspyx SyN Dice (s) |" in lines
+    assert "Target >= 90 % found: 80% (8 / 10) over the 2 seeds of the affine step's sampling (each: 80%, 80%), " \
+           "**missed**." in lines
+    rows[0]["ours"] = {"dice": 0.7, "seconds": 10.0}
+    rows[4][robustness.seeded(1)] = {"dice": 0.6, "seconds": 11.0}
+    assert "100% (10 / 10) over the 2 seeds" in "\n".join(robustness._partial_lines(rows))
+
+
+def test_ours_runs_at_each_more_seed_with_that_seed(bench, monkeypatch):
+    robustness = bench.benchmark_robustness
+    seeds = []
+    monkeypatch.setattr(robustness, "_ours", lambda pair, search, seed=0: (seeds.append((search, seed)),
+                                                                          (pair.truth.array, 1.0))[1])
+    row = robustness._pair_row(0, with_ants=False, more_seeds=(3,))
+    assert (True, 3) in seeds and (True, 0) in seeds and (False, 0) in seeds
+    assert list(row)[4:7] == ["ours", "ours, seed 3", "ours without global search"]
+    assert row["ours, seed 3"]["dice"] == 1.0

@@ -7,6 +7,8 @@
    would run it (its default centre-of-mass start); and, as a control, this project on each
    pair's same-anatomy twin (the atlas painted from the target's own abdomen): a pair it finds
    there but not between two subjects is lost to the subjects' differences, not to the search.
+   ``--more-seeds``: ours again at other seeds of the affine step's random sampling, the target
+   then judged over every seed (one seed's share moved by a pair or two between seeds).
    The same on real anatomy (:mod:`brain_partial_cases`: slabs of two OASIS brains), where the
    shared data is present; not what the target is judged on.
 2. Memory and time against atlas count (:mod:`memory_runs`): ``crossmodalmas segment`` in a child process on a
@@ -17,7 +19,7 @@
    CUDA memory capped as on smaller cards: where the run ended and the fallbacks its report names.
 3. The hostile-input catalogue (:mod:`hostile_cases`): cases tried and answered as documented.
 
-    python scripts/benchmark_robustness.py [--pairs 24] [--brain-pairs 12] [--jobs 1] [--no-ants]
+    python scripts/benchmark_robustness.py [--pairs 24] [--more-seeds 1 2] [--brain-pairs 12] [--jobs 1] [--no-ants]
                                            [--atlas-counts 1 5 10 20] [--target-scales 0.5 0.75 1 1.25]
                                            [--no-memory] [--no-hostile] [--quick] [--cuda-caps GB ...]
 """
@@ -34,7 +36,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -56,14 +58,14 @@ MEMORY_BOUND_GB = 8.0
 MEMORY_FIGURE = ROOT / "docs" / "robustness_memory.png"
 
 
-def _ours(pair, global_search: bool) -> tuple[np.ndarray, float]:
+def _ours(pair, global_search: bool, seed: int = 0) -> tuple[np.ndarray, float]:
     starts = affine.GLOBAL_STARTS
     affine.GLOBAL_STARTS = starts if global_search else 0  # the ablation: moments and centres only
     try:
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = segment(pair.target, [pair.atlas], SegmentOptions(fusion="mv"))
+            result = segment(pair.target, [pair.atlas], SegmentOptions(fusion="mv", seed=seed))
         return result.labels.array, time.perf_counter() - started
     finally:
         affine.GLOBAL_STARTS = starts
@@ -91,12 +93,23 @@ def _scored(pair, labels: np.ndarray, seconds: float) -> dict:
 PAIR_SETS = {"phantom": partial_pair, "brain": brain_partial_pair}
 
 
-def _pair_row(seed: int, with_ants: bool, pair_set: str = "phantom") -> dict:
-    """One partial pair's row: each method's Dice and seconds (SyN if ``with_ants``), and for a
-    phantom pair its control's."""
+_SEEDED = "ours, seed "
+
+
+def seeded(seed: int) -> str:
+    """The column of ours run with ``SegmentOptions(seed=seed)`` besides the default seed 0."""
+    return f"{_SEEDED}{seed}"
+
+
+def _pair_row(seed: int, with_ants: bool, pair_set: str = "phantom", more_seeds: Sequence[int] = ()) -> dict:
+    """One partial pair's row: each method's Dice and seconds (SyN if ``with_ants``; ours also at
+    each of ``more_seeds``, the seed of the affine step's sampling), and for a phantom pair its
+    control's."""
     pair = PAIR_SETS[pair_set](seed)
     row = {"pair": pair.name, "kind": pair.kind, "fraction": round(pair.fraction, 3), "mix_up": pair.mix_up}
-    methods = {"ours": lambda p: _ours(p, True), "ours without global search": lambda p: _ours(p, False)}
+    methods = {"ours": lambda p: _ours(p, True),
+               **{seeded(s): lambda p, s=s: _ours(p, True, s) for s in more_seeds},
+               "ours without global search": lambda p: _ours(p, False)}
     if with_ants:
         ants = import_ants()
         methods["antspyx SyN"] = lambda p: _syn(ants, p)
@@ -109,11 +122,12 @@ def _pair_row(seed: int, with_ants: bool, pair_set: str = "phantom") -> dict:
     return row
 
 
-def partial_fov(pairs: int, with_ants: bool, jobs: int = 1, pair_set: str = "phantom") -> list[dict]:
+def partial_fov(pairs: int, with_ants: bool, jobs: int = 1, pair_set: str = "phantom",
+                more_seeds: Sequence[int] = ()) -> list[dict]:
     """The rows of the first ``pairs`` pairs of ``pair_set`` (a key of :data:`PAIR_SETS`), in
     ``jobs`` processes side by side (their seconds then share the machine's cores; Dice does not
-    depend on it)."""
-    tasks = [(seed, with_ants, pair_set) for seed in range(pairs)]
+    depend on it); ours also at ``more_seeds`` (see :func:`_pair_row`)."""
+    tasks = [(seed, with_ants, pair_set, tuple(more_seeds)) for seed in range(pairs)]
     if jobs <= 1:
         return [_pair_row(*task) for task in tasks]
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
@@ -172,8 +186,28 @@ def _syn_sentence(ants_seed: Optional[int]) -> str:
             f"syn_metric=\"mattes\")`, {seeded}; labels warped with `genericLabel`.")
 
 
+def _seed_columns(rows: list[dict]) -> list[str]:
+    """Ours and its runs at other seeds, in the rows' order."""
+    return [m for m in rows[0] if m == "ours" or m.startswith(_SEEDED)] if rows else []
+
+
 def _methods(rows: list[dict]) -> list[str]:
-    return [m for m in ("ours", "ours without global search", "antspyx SyN", CONTROL) if rows and m in rows[0]]
+    return _seed_columns(rows) + [m for m in ("ours without global search", "antspyx SyN", CONTROL)
+                                  if rows and m in rows[0]]
+
+
+def _verdict(rows: list[dict]) -> str:
+    """The target's line: ours' share found, pooled over its seeds where it ran at several (the
+    affine step's sampling moved a pair or two across the line between seeds)."""
+    columns = _seed_columns(rows)
+    counts = [_found(rows, m) for m in columns]
+    found, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    verdict = "met" if found >= 0.9 * total else "**missed**"
+    if len(columns) == 1:
+        return f"Target >= 90 % found: {found / total:.0%}, {verdict}."
+    each = ", ".join(f"{c[0] / c[1]:.0%}" for c in counts)
+    return (f"Target >= 90 % found: {found / total:.0%} ({found} / {total}) over the {len(columns)} seeds of the "
+            f"affine step's sampling (each: {each}), {verdict}.")
 
 
 def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[str]:
@@ -181,9 +215,7 @@ def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[st
     methods = _methods(rows)
     lines = [f"### Partial field of view ({len(rows)} phantom pairs; found: mean organ Dice >= {FOUND_DICE})", "",
              *_pairs_tables(rows, methods)]
-    found, total = _found(rows, "ours")
-    verdict = "met" if found >= 0.9 * total else "**missed**"
-    lines += ["", f"Target >= 90 % found: {found / total:.0%}, {verdict}."]
+    lines += ["", _verdict(rows)]
     if "antspyx SyN" in methods:
         lines += ["", _syn_sentence(ants_seed)]
     if CONTROL in methods:
@@ -387,6 +419,9 @@ def main(argv=None) -> int:
     parser.add_argument("--brain-pairs", type=int, default=BRAIN_PAIRS,
                         help="real-brain partial pairs (needs ../shared/data; 0: none)")
     parser.add_argument("--no-ants", action="store_true")
+    parser.add_argument("--more-seeds", type=int, nargs="*", default=[],
+                        help="also run ours on the phantom pairs with these seeds of the affine step's sampling "
+                             "(the default is 0); the target is then judged over all of them")
     parser.add_argument("--jobs", type=int, default=1,
                         help="partial pairs run in this many processes side by side (their seconds share the cores)")
     parser.add_argument("--atlas-counts", type=int, nargs="*", default=[1, 5, 10, 20],
@@ -434,7 +469,8 @@ def main(argv=None) -> int:
         import_ants()  # a missing antspyx fails here, before any pair
     results["jobs"] = args.jobs
     results["ants_seed"] = None if args.no_ants else ANTS_SEED
-    results["partial_fov"] = partial_fov(args.pairs, not args.no_ants, args.jobs) if args.pairs else []
+    results["partial_fov"] = partial_fov(args.pairs, not args.no_ants, args.jobs, more_seeds=args.more_seeds) \
+        if args.pairs else []
     brain_rows = brain_partial_fov(args.brain_pairs, not args.no_ants, args.jobs)
     results["brain_partial_fov"] = {"rows": brain_rows, "jobs": args.jobs, "ants_seed": results["ants_seed"]} \
         if brain_rows else None
