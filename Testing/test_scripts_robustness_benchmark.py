@@ -323,8 +323,10 @@ def test_found_share_is_judged_over_every_seed_ours_ran_at(bench):
     lines = "\n".join(robustness._partial_lines(rows))
     assert "| ours, seed 1 | 4 / 5 | 80% | 0.600 | 11 |" in lines
     assert "| pair | kind | fraction | mix-up | ours Dice (s) | ours, seed 1 Dice (s) | antspyx SyN Dice (s) |" in lines
+    assert "seed N" not in "\n".join(robustness._partial_lines([_row(0.7, 0.0)]))
     assert "Target >= 90 % found: 80% (8 / 10) over the 2 seeds of the affine step's sampling (each: 80%, 80%), " \
            "**missed**." in lines
+    assert '"ours, seed N" is ours with `SegmentOptions(seed=N)`' in lines
     rows[0]["ours"] = {"dice": 0.7, "seconds": 10.0}
     rows[4][robustness.seeded(1)] = {"dice": 0.6, "seconds": 11.0}
     assert "100% (10 / 10) over the 2 seeds" in "\n".join(robustness._partial_lines(rows))

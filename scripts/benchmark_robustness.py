@@ -216,6 +216,9 @@ def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[st
     lines = [f"### Partial field of view ({len(rows)} phantom pairs; found: mean organ Dice >= {FOUND_DICE})", "",
              *_pairs_tables(rows, methods)]
     lines += ["", _verdict(rows)]
+    if len(_seed_columns(rows)) > 1:
+        lines += ["", f"\"{_SEEDED}N\" is ours with `SegmentOptions(seed=N)`: the seed of the affine step's random "
+                  "sampling (its Mattes fits); \"ours\" is the default seed 0. Nothing else differs between them."]
     if "antspyx SyN" in methods:
         lines += ["", _syn_sentence(ants_seed)]
     if CONTROL in methods:
