@@ -224,7 +224,7 @@ def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[st
     if CONTROL in methods:
         lines += ["", f"The control is not a result: \"{CONTROL}\" segments each pair's twin whose atlas is painted "
                   "from the target's own abdomen (same target, truth, contrast, slab and frame). The target is "
-                  "judged on \"ours\", between two subjects. " + _misses_by_cause(rows)]
+                  "judged on ours (at every seed it ran at), between two subjects. " + _misses_by_cause(rows)]
     return lines
 
 
@@ -245,7 +245,8 @@ def _brain_lines(brain: dict) -> list[str]:
 
 
 def _misses_by_cause(rows: list[dict]) -> str:
-    """Which of ours' misses the control finds (lost to the subjects' differences) and which not."""
+    """Which of ours' misses (at the default seed) the control finds (lost to the subjects'
+    differences) and which not."""
     missed = [row for row in rows if row["ours"]["dice"] < FOUND_DICE]
     twin_found = [row["pair"] for row in missed if row[CONTROL]["dice"] >= FOUND_DICE]
     neither = [row["pair"] for row in missed if row[CONTROL]["dice"] < FOUND_DICE]
