@@ -335,9 +335,20 @@ def test_found_share_is_judged_over_every_seed_ours_ran_at(bench):
 def test_ours_runs_at_each_more_seed_with_that_seed(bench, monkeypatch):
     robustness = bench.benchmark_robustness
     seeds = []
-    monkeypatch.setattr(robustness, "_ours", lambda pair, search, seed=0: (seeds.append((search, seed)),
-                                                                          (pair.truth.array, 1.0))[1])
+
+    def ours(pair, global_search, seed=0):
+        seeds.append((global_search, seed))
+        return pair.truth.array, 1.0
+
+    monkeypatch.setattr(robustness, "_ours", ours)
     row = robustness._pair_row(0, with_ants=False, more_seeds=(3,))
     assert (True, 3) in seeds and (True, 0) in seeds and (False, 0) in seeds
     assert list(row)[4:7] == ["ours", "ours, seed 3", "ours without global search"]
     assert row["ours, seed 3"]["dice"] == 1.0
+
+
+@pytest.mark.parametrize("seeds", [["0"], ["1", "1"]])
+def test_more_seeds_must_be_new_and_distinct(bench, capsys, seeds):
+    with pytest.raises(SystemExit):
+        bench.benchmark_robustness.main(["--more-seeds", *seeds, "--quick"])
+    assert "--more-seeds: seeds besides the default 0, each once" in capsys.readouterr().err

@@ -454,6 +454,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.brain_pairs, args.no_ants, args.no_memory = 2, 0, True, True
+    if 0 in args.more_seeds or len(set(args.more_seeds)) < len(args.more_seeds):
+        parser.error(f"--more-seeds: seeds besides the default 0, each once; got {args.more_seeds}")
     if args.hostile_only or args.from_json:
         results = json.loads(args.out.read_text(encoding="utf-8"))
         if args.hostile_only:
