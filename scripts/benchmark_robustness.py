@@ -196,10 +196,10 @@ def _methods(rows: list[dict]) -> list[str]:
                                   if rows and m in rows[0]]
 
 
-def _verdict(rows: list[dict]) -> str:
-    """The target's line: ours' share found, pooled over its seeds where it ran at several (the
-    affine step's sampling moved a pair or two across the line between seeds)."""
-    columns = _seed_columns(rows)
+def _verdict(rows: list[dict], columns: list[str]) -> str:
+    """The target's line: ours' share found, pooled over its ``columns`` (:func:`_seed_columns`)
+    where it ran at several seeds (the affine step's sampling moved a pair or two across the
+    line between seeds)."""
     counts = [_found(rows, m) for m in columns]
     found, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
     verdict = "met" if found >= 0.9 * total else "**missed**"
@@ -215,8 +215,9 @@ def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[st
     methods = _methods(rows)
     lines = [f"### Partial field of view ({len(rows)} phantom pairs; found: mean organ Dice >= {FOUND_DICE})", "",
              *_pairs_tables(rows, methods)]
-    lines += ["", _verdict(rows)]
-    if len(_seed_columns(rows)) > 1:
+    seed_columns = _seed_columns(rows)
+    lines += ["", _verdict(rows, seed_columns)]
+    if len(seed_columns) > 1:
         lines += ["", f"\"{_SEEDED}N\" is ours with `SegmentOptions(seed=N)`: the seed of the affine step's random "
                   "sampling (its Mattes fits); \"ours\" is the default seed 0. Nothing else differs between them."]
     if "antspyx SyN" in methods:
