@@ -323,6 +323,20 @@ def test_import_ants_seeds_antspyx_and_keeps_the_run_s_itk_threads(bench, monkey
     assert "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS" not in os.environ
 
 
+@pytest.mark.parametrize("before", [None, "4"])
+def test_itk_threads_sets_the_count_inside_and_gives_back_the_run_s_setting(bench, monkeypatch, before):
+    key = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+    if before is None:
+        monkeypatch.delenv(key, raising=False)
+    else:
+        monkeypatch.setenv(key, before)
+    with pytest.raises(RuntimeError, match="inside"):  # given back on an error too
+        with bench.registration_methods.itk_threads(1):
+            assert os.environ[key] == "1"
+            raise RuntimeError("inside")
+    assert os.environ.get(key) == before
+
+
 def test_parse_args(bench):
     parse = bench.benchmark_registration.parse_args
     args = parse(["--cases", "synthetic", "--methods", "identity,net-diffeo", "--refine", "3"])

@@ -1,7 +1,9 @@
 """scripts/benchmark_robustness.py and scripts/robustness_cases.py: the partial field-of-view
 pairs, the found-share verdict and the tables (the full benchmark runs outside the tests)."""
 
+import os
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -70,10 +72,44 @@ def test_found_share_and_verdict(bench):
     assert "50%, **missed**." in missed and "control" not in missed
 
 
+def test_the_syn_sentence_says_one_itk_thread_makes_the_run_repeat_and_older_runs_may_not(bench):
+    lines = bench.benchmark_robustness._partial_lines
+    rows = [_row(0.7, 0.0)]
+    assert "seeded with `--random-seed 1` and one ITK thread (so that a run repeats exactly);" in "\n".join(
+        lines(rows, ants_seed=1, ants_threads=1))
+    assert "the run's ITK threads (a run may differ slightly from the next)" in "\n".join(lines(rows, ants_seed=1))
+    assert ", 2 ITK threads (a run may differ" in "\n".join(lines(rows, ants_seed=1, ants_threads=2))
+
+
+def test_syn_registers_with_one_itk_thread_and_gives_back_the_run_s(bench, monkeypatch):
+    key, seen = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", []
+
+    class FakeAnts:  # records the ITK threads SyN would run with; maps every label to 0
+        @staticmethod
+        def from_numpy(array, **geometry):
+            return np.asarray(array)
+
+        @staticmethod
+        def registration(fixed, moving, **settings):
+            seen.append(os.environ.get(key))
+            return {"fwdtransforms": [], "invtransforms": []}
+
+        @staticmethod
+        def apply_transforms(fixed, moving, transforms, interpolator):
+            seen.append(os.environ.get(key))
+            return types.SimpleNamespace(numpy=lambda: np.zeros_like(fixed))
+
+    monkeypatch.setenv(key, "2")
+    pair = bench.robustness_cases.partial_pair(0)
+    labels, _ = bench.benchmark_robustness._syn(FakeAnts, pair)
+    assert seen == ["1", "1"] and os.environ[key] == "2"
+    assert labels.shape == pair.target.array.shape
+
+
 def test_the_syn_sentence_names_the_run_s_seed_or_says_it_had_none(bench):
     rows = [_row(0.7, 0.0)]
     seeded = "\n".join(bench.benchmark_robustness._partial_lines(rows, ants_seed=7))
-    assert 'syn_metric="mattes")`, seeded with `--random-seed 7`;' in seeded
+    assert 'syn_metric="mattes")`, seeded with `--random-seed 7`' in seeded
     assert "unseeded (one random draw)" in "\n".join(bench.benchmark_robustness._partial_lines(rows))
     without_syn = [{k: v for k, v in _row(0.7, 0.0).items() if k != "antspyx SyN"}]
     assert "random-seed" not in "\n".join(bench.benchmark_robustness._partial_lines(without_syn, ants_seed=7))

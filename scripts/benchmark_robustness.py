@@ -47,13 +47,17 @@ from markdown_sections import replace_section
 from memory_runs import (ATLAS_SPACING_MM, BIG_SHAPE, BIG_SPACING, CUDA_CAP_ATLASES, SIZE_SWEEP_ATLASES,
                          TARGET_SCALES, cuda_memory, memory)
 from registration_cases import ROOT
-from registration_methods import ANTS_SEED, _to_ants, import_ants
+from registration_methods import ANTS_SEED, _to_ants, import_ants, itk_threads
 from robustness_cases import mean_dice, partial_pair
 from crossmodalmas import affine
 from crossmodalmas.options import SegmentOptions
 from crossmodalmas.pipeline import segment
 
 FOUND_DICE = 0.5
+# SyN's ITK threads here: one, so that its seeded column repeats exactly (with more it does not,
+# see registration_methods.itk_threads). Nothing here judges SyN's seconds, and --jobs runs
+# pairs side by side on the cores instead.
+SYN_ITK_THREADS = 1
 MEMORY_BOUND_GB = 8.0
 MEMORY_FIGURE = ROOT / "docs" / "robustness_memory.png"
 
@@ -76,8 +80,9 @@ def _syn(ants, pair) -> tuple[np.ndarray, float]:
     fixed = _to_ants(ants, pair.target.array, pair.target.ijk_to_ras)
     moving = _to_ants(ants, pair.atlas.image.array, pair.atlas.image.ijk_to_ras)
     labels = _to_ants(ants, pair.atlas.labels.array, pair.atlas.labels.ijk_to_ras)
-    reg = ants.registration(fixed, moving, type_of_transform="SyN", aff_metric="mattes", syn_metric="mattes")
-    warped = ants.apply_transforms(fixed, labels, reg["fwdtransforms"], interpolator="genericLabel")
+    with itk_threads(SYN_ITK_THREADS):
+        reg = ants.registration(fixed, moving, type_of_transform="SyN", aff_metric="mattes", syn_metric="mattes")
+        warped = ants.apply_transforms(fixed, labels, reg["fwdtransforms"], interpolator="genericLabel")
     for path in filter(os.path.isfile, {*reg["fwdtransforms"], *reg["invtransforms"]}):
         os.remove(path)
     return np.rint(warped.numpy().T).astype(np.int32), time.perf_counter() - started
@@ -179,11 +184,18 @@ def _pairs_tables(rows: list[dict], methods: list[str]) -> list[str]:
     return lines
 
 
-def _syn_sentence(ants_seed: Optional[int]) -> str:
-    """How SyN ran; ``ants_seed`` None: unseeded, as runs before the seed were."""
+def _syn_sentence(ants_seed: Optional[int], itk_threads: Optional[int] = None) -> str:
+    """How SyN ran; ``ants_seed`` None: unseeded, as runs before the seed were; ``itk_threads``
+    None: with the run's own ITK threads, as runs before :data:`SYN_ITK_THREADS` were."""
     seeded = "unseeded (one random draw)" if ants_seed is None else f"seeded with `--random-seed {ants_seed}`"
+    if itk_threads == 1:
+        threads = " and one ITK thread (so that a run repeats exactly)" if ants_seed is not None else ", one ITK thread"
+    elif itk_threads:
+        threads = f", {itk_threads} ITK threads (a run may differ slightly from the next)"
+    else:
+        threads = ", the run's ITK threads (a run may differ slightly from the next)"
     return ("antspyx SyN: `ants.registration(type_of_transform=\"SyN\", aff_metric=\"mattes\", "
-            f"syn_metric=\"mattes\")`, {seeded}; labels warped with `genericLabel`.")
+            f"syn_metric=\"mattes\")`, {seeded}{threads}; labels warped with `genericLabel`.")
 
 
 def _seed_columns(rows: list[dict]) -> list[str]:
@@ -210,8 +222,9 @@ def _verdict(rows: list[dict], columns: list[str]) -> str:
             f"affine step's sampling (each: {each}), {verdict}.")
 
 
-def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[str]:
-    """The phantom pairs' tables and the target; ``ants_seed``: the run's SyN seed."""
+def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None, ants_threads: Optional[int] = None) -> list[str]:
+    """The phantom pairs' tables and the target; ``ants_seed``, ``ants_threads``: the run's SyN
+    seed and ITK threads (see :func:`_syn_sentence`)."""
     methods = _methods(rows)
     lines = [f"### Partial field of view ({len(rows)} phantom pairs; found: mean organ Dice >= {FOUND_DICE})", "",
              *_pairs_tables(rows, methods)]
@@ -221,7 +234,7 @@ def _partial_lines(rows: list[dict], ants_seed: Optional[int] = None) -> list[st
         lines += ["", f"\"{_SEEDED}N\" is ours with `SegmentOptions(seed=N)`: the seed of the affine step's random "
                   "sampling (its Mattes fits); \"ours\" is the default seed 0. Nothing else differs between them."]
     if "antspyx SyN" in methods:
-        lines += ["", _syn_sentence(ants_seed)]
+        lines += ["", _syn_sentence(ants_seed, ants_threads)]
     if CONTROL in methods:
         lines += ["", f"The control is not a result: \"{CONTROL}\" segments each pair's twin whose atlas is painted "
                   "from the target's own abdomen (same target, truth, contrast, slab and frame). The target is "
@@ -241,7 +254,7 @@ def _brain_lines(brain: dict) -> list[str]:
              "the brain, so a deformable step can overlap them by 0.5 or more from a wrong pose (a flipped one): "
              "compare the mean Dice more than the share found." + side_by_side, "", *_pairs_tables(rows, methods)]
     if "antspyx SyN" in methods:
-        lines += ["", _syn_sentence(brain.get("ants_seed"))]
+        lines += ["", _syn_sentence(brain.get("ants_seed"), brain.get("ants_threads"))]
     return lines
 
 
@@ -336,7 +349,7 @@ def _write_section(results: dict) -> None:
              "`python scripts/benchmark_robustness.py` re-runs it." + _jobs_note(results.get("jobs", 1))
              + (f" {note}" if note else ""), ""]
     if results.get("partial_fov"):
-        lines += _partial_lines(results["partial_fov"], results.get("ants_seed")) + [""]
+        lines += _partial_lines(results["partial_fov"], results.get("ants_seed"), results.get("ants_threads")) + [""]
     if results.get("brain_partial_fov"):
         lines += _brain_lines(results["brain_partial_fov"]) + [""]
     by_count, by_size = results.get("memory") or [], results.get("memory_by_size") or []
@@ -476,11 +489,12 @@ def main(argv=None) -> int:
         import_ants()  # a missing antspyx fails here, before any pair
     results["jobs"] = args.jobs
     results["ants_seed"] = None if args.no_ants else ANTS_SEED
+    results["ants_threads"] = None if args.no_ants else SYN_ITK_THREADS
     results["partial_fov"] = partial_fov(args.pairs, not args.no_ants, args.jobs, more_seeds=args.more_seeds) \
         if args.pairs else []
     brain_rows = brain_partial_fov(args.brain_pairs, not args.no_ants, args.jobs)
-    results["brain_partial_fov"] = {"rows": brain_rows, "jobs": args.jobs, "ants_seed": results["ants_seed"]} \
-        if brain_rows else None
+    results["brain_partial_fov"] = {"rows": brain_rows, "jobs": args.jobs, "ants_seed": results["ants_seed"],
+                                    "ants_threads": results["ants_threads"]} if brain_rows else None
     results["memory"], results["memory_by_size"] = ([], []) if args.no_memory else \
         memory(args.atlas_counts, args.target_scales)
     results["cuda_memory"] = cuda_memory(args.cuda_caps) if args.cuda_caps else None
