@@ -255,6 +255,18 @@ def test_a_table_the_other_run_took_from_a_third_keeps_the_third_runs_name(bench
         "The brain pairs are of another commit: old, run on d2.")
 
 
+def test_tables_this_run_measured_are_never_replaced_by_the_other_run_s(bench):
+    robustness = bench.benchmark_robustness
+    fresh = {"rows": [_row(0.8, 0.2)], "jobs": 2, "ants_seed": 1, "ants_threads": 1}
+    results = {"machine": {"cpu": "x", "commit": "new"}, "partial_fov": [_row(0.7, 0.0)], "brain_partial_fov": fresh}
+    memory = [{"atlases": 1, "exit": 0, "seconds": 1.0, "peak_rss_gb": 1.0}]
+    older = {"machine": {"cpu": "x", "commit": "old"}, "date": "d1", "memory": memory,
+             "brain_partial_fov": {"rows": [_row(0.1, 0.1)], "jobs": 2, "ants_seed": 1}}
+    merged = robustness._with_tables_of(results, older, another_commit=True)
+    assert merged["brain_partial_fov"] == fresh and merged["memory"] == memory
+    assert robustness._sources_note(merged) == "The memory rows against atlas count are of another commit: old, run on d1."
+
+
 def test_a_run_before_memory_sources_keeps_its_note(bench):
     assert bench.benchmark_robustness._sources_note({"machine": {"commit": "abc"}, "note": "As it was."}) == "As it was."
     assert bench.benchmark_robustness._sources_note({"machine": {"commit": "abc"}}) == ""

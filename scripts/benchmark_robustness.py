@@ -386,7 +386,8 @@ MERGED_TABLES = {"memory": "memory rows against atlas count", "memory_by_size": 
 
 def _with_tables_of(results: dict, other: dict, another_commit: bool = False) -> dict:
     """``results`` with ``other``'s tables of :data:`MERGED_TABLES` (each table ``other`` has rows
-    of; ``results`` keeps its own of the others): a run of one commit on one machine, or (with
+    of and ``results`` has none of: a table measured in this run is never replaced by an older
+    one's; ``results`` keeps its own of the others): a run of one commit on one machine, or (with
     ``another_commit``) of another commit on this machine. Each table's run is kept, for the
     section to name (a table ``other`` took from a third run names that run): its commit, date
     and torch threads (a setting of the run, not of the machine: the section names it where it
@@ -396,7 +397,7 @@ def _with_tables_of(results: dict, other: dict, another_commit: bool = False) ->
     same_commit = other["machine"].get("commit") == results["machine"].get("commit")
     if not same_machine or not (same_commit or another_commit):
         raise SystemExit(f"--tables-from: another machine or commit ({other['machine']} vs {results['machine']})")
-    taken = {key: other[key] for key in MERGED_TABLES if other.get(key)}
+    taken = {key: other[key] for key in MERGED_TABLES if other.get(key) and not results.get(key)}
     machine = other["machine"]
     run = {"commit": machine.get("commit"), "date": other.get("date"), "threads": machine.get("threads")}
     merged_into_other = _table_sources(other) or {}  # a table that ``other`` itself took from a third run keeps it
@@ -456,8 +457,9 @@ def main(argv=None) -> int:
     parser.add_argument("--from-json", action="store_true",
                         help="redraw the section and figure from an earlier run's --out JSON, measuring nothing")
     parser.add_argument("--tables-from", type=Path,
-                        help="with --from-json: take the memory rows and brain pairs from another run's JSON of the "
-                             "same commit (the halves run side by side, e.g. one --no-memory, one --pairs 0 --no-hostile)")
+                        help="with --from-json: take the memory rows and brain pairs that the --out JSON lacks from "
+                             "another run's JSON of the same commit (the halves run side by side, e.g. one "
+                             "--no-memory, one --pairs 0 --no-hostile)")
     parser.add_argument("--cuda-caps", type=float, nargs="*", default=[], metavar="GB",
                         help=f"runs of {CUDA_CAP_ATLASES} atlases on the big target on CUDA, its memory capped at "
                              "these GB (0: uncapped); needs a GPU")
