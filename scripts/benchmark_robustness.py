@@ -77,10 +77,10 @@ def _ours(pair, global_search: bool, seed: int = 0) -> tuple[np.ndarray, float]:
 
 def _syn(ants, pair) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    fixed = _to_ants(ants, pair.target.array, pair.target.ijk_to_ras)
-    moving = _to_ants(ants, pair.atlas.image.array, pair.atlas.image.ijk_to_ras)
-    labels = _to_ants(ants, pair.atlas.labels.array, pair.atlas.labels.ijk_to_ras)
     with itk_threads(SYN_ITK_THREADS):
+        fixed = _to_ants(ants, pair.target.array, pair.target.ijk_to_ras)
+        moving = _to_ants(ants, pair.atlas.image.array, pair.atlas.image.ijk_to_ras)
+        labels = _to_ants(ants, pair.atlas.labels.array, pair.atlas.labels.ijk_to_ras)
         reg = ants.registration(fixed, moving, type_of_transform="SyN", aff_metric="mattes", syn_metric="mattes")
         warped = ants.apply_transforms(fixed, labels, reg["fwdtransforms"], interpolator="genericLabel")
     for path in filter(os.path.isfile, {*reg["fwdtransforms"], *reg["invtransforms"]}):

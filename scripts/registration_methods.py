@@ -148,10 +148,11 @@ def _set_itk_threads(value: Optional[str]) -> None:
 
 @contextmanager
 def itk_threads(count: int):
-    """antspyx's ITK runs ``count`` threads inside the block (each ``ants.registration`` reads
-    ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when it starts); the run's setting comes back after.
-    With one thread a seeded SyN repeats exactly: with two, one robustness pair's Dice was 0.4749
-    in one run and 0.4714 in the next, with one 0.4659 both times."""
+    """``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` is ``count`` inside the block; the run's setting
+    comes back after. antspyx's ITK takes its threads from it when the process makes its first
+    ANTs image, so the block must hold every ants call, ``ants.from_numpy`` included: with only
+    the registration inside, robustness pair7's seeded SyN gave 0.5238 in one process and 0.5012
+    in the next; with everything inside, 0.4659 both times (two threads throughout: 0.4749, 0.4714)."""
     previous = os.environ.get(_ITK_THREADS)
     _set_itk_threads(str(count))
     try:
