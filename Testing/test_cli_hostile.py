@@ -37,6 +37,16 @@ def test_the_catalogue_is_well_formed():
         assert case.check is not None, f"{case.name}: every case checks what it leaves on disk"
 
 
+def test_run_catalogue_counts_a_case_not_tried_as_neither_tried_nor_passed(monkeypatch):
+    answers = {"runs": (True, "as documented"), "cannot": (True, "not tried: root ignores the mode"),
+               "fails": (False, "exit 1, not 2")}
+    monkeypatch.setattr(catalogue, "CASES", [type("Case", (), {"name": n})() for n in answers])
+    monkeypatch.setattr(catalogue, "run_case", lambda case, workdir: answers[case.name])
+    summary = catalogue.run_catalogue()
+    assert (summary["cases_total"], summary["tried"], summary["passed"]) == (3, 2, 1)
+    assert [c["passed"] for c in summary["cases"]] == [True, False, False]
+
+
 def _bad_input_section() -> str:
     text = README.read_text(encoding="utf-8")
     match = re.search(r"^### What happens with bad input\n(.*?)(?=^#{1,3} )", text, re.MULTILINE | re.DOTALL)

@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -253,6 +254,25 @@ CASES: list[HostileCase] = [
                 r.verify_tampered_model, 2,
                 _REFUSED + r"1 of 1 model\(s\) in <WORK>/models failed verification$", b.verify_reports_the_tampering),
 ]
+
+
+def run_catalogue() -> dict:
+    """Every case of :data:`CASES`, each in its own temporary folder.
+
+    Returns:
+        ``{"cases_total", "tried", "passed", "cases": [{"case", "tried", "passed", "detail"}]}``;
+        a case not tried (e.g. a read-only folder where root cannot drop rights) is not passed.
+    """
+    results = []
+    with tempfile.TemporaryDirectory(prefix="hostile_") as folder:
+        for index, case in enumerate(CASES):
+            workdir = Path(folder) / str(index)
+            workdir.mkdir()
+            passed, detail = run_case(case, workdir)
+            tried = not detail.startswith("not tried")
+            results.append({"case": case.name, "tried": tried, "passed": bool(passed) and tried, "detail": detail})
+    return {"cases_total": len(results), "tried": sum(r["tried"] for r in results),
+            "passed": sum(r["passed"] for r in results), "cases": results}
 
 
 def readme_table() -> str:
