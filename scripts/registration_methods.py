@@ -119,6 +119,7 @@ def make_syn(ants) -> Callable[[Pair], Mapped]:
 
 
 ANTS_SEED = 1  # SyN's Mattes metric samples at random: unseeded, two runs of one pair differ
+_ITK_THREADS = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"  # antspyx's ITK reads its thread count here
 
 
 def import_ants():
@@ -134,9 +135,6 @@ def import_ants():
     # it also sets ITK to one thread; the benchmarks time SyN with the threads the run was given
     _set_itk_threads(threads)
     return ants
-
-
-_ITK_THREADS = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
 def _set_itk_threads(value: Optional[str]) -> None:
