@@ -401,3 +401,29 @@ def test_more_seeds_must_be_new_and_distinct(bench, capsys, seeds):
     with pytest.raises(SystemExit):
         bench.benchmark_robustness.main(["--more-seeds", *seeds, "--quick"])
     assert "--more-seeds: seeds besides the default 0, each once" in capsys.readouterr().err
+
+
+def _evidence_row(pair: str, kind: str, peak_mm: float, control_peak_mm: float) -> dict:
+    return {"pair": pair, "kind": kind, "mix_up": "none", "peak_mm": peak_mm, "dice_layout": 0.5,
+            "dice_peak": 0.25, "control_peak_mm": control_peak_mm}
+
+
+def test_evidence_lines_count_the_peaks_beyond_reach_per_kind_of_pair(bench):
+    rows = [_evidence_row("pair0", "atlas slab", 12.0, 0.0), _evidence_row("pair1", "target slab", -3.0, 9.0),
+            _evidence_row("pair2", "atlas slab", -6.0, 3.0)]  # 6 mm is near, not beyond
+    lines = bench.partial_pair_profile.evidence_lines(rows, 30.0, 3.0)
+    assert "| pair0 | atlas slab | none | +12 | +0 | 0.500 | 0.250 |" in lines
+    assert ("Atlas slabs: the score peaks more than 6 mm from the layout on 1 of 2 between the two subjects "
+            "(pair0), on 0 of 2 controls (none).") in lines
+    assert ("Target slabs: the score peaks more than 6 mm from the layout on 0 of 1 between the two subjects "
+            "(none), on 1 of 1 controls (pair1).") in lines
+
+
+def test_evidence_section_is_written_for_the_pairs_given(bench, tmp_path, monkeypatch):
+    profile = bench.partial_pair_profile
+    monkeypatch.setattr(profile, "ROOT", tmp_path)
+    assert profile.main(["--pairs", "0", "--reach", "6", "--step", "6", "--section"]) == 0
+    text = (tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert text.startswith("<!-- section:partial-evidence -->") and "--pairs $(seq 0 0) --section" in text
+    row = next(line for line in text.splitlines() if line.startswith("| pair0 |"))
+    assert row.split(" | ")[4] == "+0"  # the control's score peaks at the layout's pose
