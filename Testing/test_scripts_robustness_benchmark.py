@@ -427,3 +427,9 @@ def test_evidence_section_is_written_for_the_pairs_given(bench, tmp_path, monkey
     assert text.startswith("<!-- section:partial-evidence -->") and "--pairs $(seq 0 0) --section" in text
     row = next(line for line in text.splitlines() if line.startswith("| pair0 |"))
     assert row.split(" | ")[4] == "+0"  # the control's score peaks at the layout's pose
+
+
+def test_the_section_names_the_pairs_it_ran(bench):
+    assert bench.partial_pair_profile._pairs_argument([0, 1, 2]) == "$(seq 0 2)"
+    assert bench.partial_pair_profile._pairs_argument([2, 16]) == "2 16"
+

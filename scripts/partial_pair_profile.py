@@ -78,7 +78,11 @@ def profile(seed: int, reach_mm: float, step_mm: float, same_anatomy: bool = Fal
     """(offset mm, score, affine-only organ Dice) along the slab axis of pair ``seed`` (or of its
     same-anatomy control); with ``deform``, each row adds :func:`deformed`'s Dice and similarity
     of a run with those options."""
-    pair = partial_pair(seed, same_anatomy)
+    return _profile_of(partial_pair(seed, same_anatomy), reach_mm, step_mm, deform)
+
+
+def _profile_of(pair, reach_mm: float, step_mm: float, deform: Optional[SegmentOptions] = None):
+    """:func:`profile` of a pair already made."""
     truth = true_transform(pair)
     search = GlobalSearch(pair.target, spacing_mm=_POLISH_SPACING_MM)
     ready = search.moving(pair.atlas.image, pair.atlas.labels)
@@ -105,7 +109,7 @@ def evidence(seed: int, reach_mm: float, step_mm: float) -> dict:
     the two subjects and on its same-anatomy control, with the affine-only organ Dice of the
     layout's pose and of the two-subject peak's."""
     pair = partial_pair(seed)
-    rows = profile(seed, reach_mm, step_mm)
+    rows = _profile_of(pair, reach_mm, step_mm)
     peak = max(rows, key=lambda row: row[1])
     at_layout = min(rows, key=lambda row: abs(row[0]))
     return {"pair": pair.name, "kind": pair.kind, "mix_up": pair.mix_up, "peak_mm": peak[0],
@@ -135,11 +139,16 @@ def evidence_lines(rows: list[dict], reach_mm: float, step_mm: float) -> list[st
     return lines
 
 
-def _write_evidence(rows: list[dict], reach_mm: float, step_mm: float) -> None:
+def _pairs_argument(seeds: list[int]) -> str:
+    """``--pairs``'s words for ``seeds``: ``$(seq 0 N)`` for the first N + 1 pairs, else each."""
+    return f"$(seq 0 {len(seeds) - 1})" if list(seeds) == list(range(len(seeds))) else " ".join(map(str, seeds))
+
+
+def _write_evidence(seeds: list[int], rows: list[dict], reach_mm: float, step_mm: float) -> None:
     info = machine()
     header = (f"## Partial field of view: where the image evidence places each slab\n\nRun "
               f"{datetime.date.today().isoformat()} on {info['cpu']} ({info['cores']} cores), commit {info['commit']}. "
-              f"`python scripts/partial_pair_profile.py --pairs $(seq 0 {len(rows) - 1}) --section` re-runs it. "
+              f"`python scripts/partial_pair_profile.py --pairs {_pairs_argument(seeds)} --section` re-runs it. "
               "It measures nothing of the pipeline's own search: it asks where the measure that search maximises "
               "would put each slab if it started at the layout's pose.\n")
     replace_section(ROOT / "BENCHMARKS.md", SECTION, [header, *evidence_lines(rows, reach_mm, step_mm)])
@@ -159,7 +168,7 @@ def main(argv=None) -> int:
     if args.section:
         rows = [evidence(seed, args.reach, args.step) for seed in args.pairs]
         print("\n".join(evidence_lines(rows, args.reach, args.step)))
-        _write_evidence(rows, args.reach, args.step)
+        _write_evidence(args.pairs, rows, args.reach, args.step)
         return 0
     deform = SegmentOptions(fusion="mv") if args.deformed else None
     for seed in args.pairs:
