@@ -130,18 +130,24 @@ def import_ants():
     except ImportError:
         print("antspyx is not installed (pip install antspyx): the SyN column is skipped")
         return None
-    threads = os.environ.get(_ITK_THREADS)
-    ants.config.set_ants_deterministic(True, seed_value=ANTS_SEED)
     # it also sets ITK to one thread; the benchmarks time SyN with the threads the run was given
-    _set_itk_threads(threads)
+    with _run_itk_threads_kept():
+        ants.config.set_ants_deterministic(True, seed_value=ANTS_SEED)
     return ants
 
 
-def _set_itk_threads(value: Optional[str]) -> None:
-    if value is None:
-        os.environ.pop(_ITK_THREADS, None)
-    else:
-        os.environ[_ITK_THREADS] = value
+@contextmanager
+def _run_itk_threads_kept():
+    """Whatever the block does to ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, the run's setting
+    (or its absence) comes back after, on an error too."""
+    previous = os.environ.get(_ITK_THREADS)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_ITK_THREADS, None)
+        else:
+            os.environ[_ITK_THREADS] = previous
 
 
 @contextmanager
@@ -151,12 +157,9 @@ def itk_threads(count: int):
     ANTs image, so the block must hold every ants call, ``ants.from_numpy`` included: with only
     the registration inside, robustness pair7's seeded SyN gave 0.5238 in one process and 0.5012
     in the next; with everything inside, 0.4659 both times (two threads throughout: 0.4749, 0.4714)."""
-    previous = os.environ.get(_ITK_THREADS)
-    _set_itk_threads(str(count))
-    try:
+    with _run_itk_threads_kept():
+        os.environ[_ITK_THREADS] = str(count)
         yield
-    finally:
-        _set_itk_threads(previous)
 
 
 def resolve_models(names: dict[str, str]) -> dict[str, ModelEntry]:
